@@ -1,0 +1,212 @@
+"""Configuration: complete defaults, validation and the run-directory identity.
+
+Every config file in `configs/` starts from :func:`default_config` and changes
+what it needs, so every key always exists and has one type. :func:`validate`
+checks values and raises :class:`ConfigError` with a one-line message that
+names the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value is missing, of the wrong type or out of range."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """All keys with their defaults (FedAvg on the embedded MNIST digits)."""
+  c = ml_collections.ConfigDict()
+  c.name = 'default'
+  c.seed = 0
+  c.rounds = 20
+  c.clients_per_round = 10
+  # Federated evaluation on the test split every `eval_every` rounds (and
+  # always after the last round), over `eval_clients` test clients.
+  c.eval_every = 5
+  c.eval_clients = 10
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'mnist_embedded'
+  c.data.num_clients = 50
+  c.data.partition = 'dirichlet'
+  c.data.dirichlet_alpha = 0.5
+  c.data.shards_per_client = 2
+  c.data.test_fraction = 0.2
+  c.data.cache_dir = ''
+  c.data.only_digits = True
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'caldas_cnn'
+
+  c.client = ml_collections.ConfigDict()
+  c.client.work = 'sgd'
+  c.client.learning_rate = 0.05
+  c.client.momentum = 0.0
+  c.client.epochs = 1
+  c.client.batch_size = 20
+
+  c.server = ml_collections.ConfigDict()
+  c.server.optimizer = 'sgd'
+  c.server.learning_rate = 1.0
+  c.server.momentum = 0.0
+  c.server.beta_1 = 0.9
+  c.server.beta_2 = 0.99
+  c.server.epsilon = 1e-3
+
+  c.broadcast = ml_collections.ConfigDict()
+  c.broadcast.kind = 'plain'
+
+  c.aggregator = ml_collections.ConfigDict()
+  c.aggregator.kind = 'mean'
+  return c
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+  check: Callable[[Any, Any], Optional[str]]  # (value, config) -> problem
+
+
+def _choice(options: Sequence[str]) -> _Rule:
+  def check(v, _):
+    if v not in options:
+      return f'is {v!r}; allowed: {", ".join(options)}'
+    return None
+  return _Rule(check)
+
+
+def _int_range(lo: int, hi: Optional[int] = None) -> _Rule:
+  def check(v, _):
+    if isinstance(v, bool) or not isinstance(v, int):
+      return f'must be an integer, got {v!r}'
+    if v < lo or (hi is not None and v > hi):
+      return f'is {v}; allowed: {lo}..{hi if hi is not None else "inf"}'
+    return None
+  return _Rule(check)
+
+
+def _float_range(lo: float, hi: float = math.inf, lo_open: bool = False,
+                 hi_open: bool = False) -> _Rule:
+  def check(v, _):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+      return f'must be a number, got {v!r}'
+    if (v < lo or (lo_open and v == lo) or v > hi or (hi_open and v == hi)):
+      left = '(' if lo_open else '['
+      right = ')' if hi_open else ']'
+      return f'is {v}; allowed: {left}{lo}, {hi}{right}'
+    return None
+  return _Rule(check)
+
+
+def _str_type(v, _):
+  return None if isinstance(v, str) else f'must be a string, got {v!r}'
+
+
+def _bool_type(v, _):
+  return None if isinstance(v, bool) else f'must be true/false, got {v!r}'
+
+
+def _clients_per_round(v, c):
+  problem = _int_range(1).check(v, c)
+  if problem:
+    return problem
+  if c.data.name != 'emnist' and v > c.data.num_clients:
+    return f'is {v}; allowed: 1..data.num_clients ({c.data.num_clients})'
+  return None
+
+
+def _registries() -> dict[str, Sequence[str]]:
+  # Imported lazily: the registries import TensorFlow.
+  # pylint: disable=g-import-not-at-top
+  from tff_compress.data import registry as data_registry
+  from tff_compress.data import partition
+  from tff_compress.learning import registry as learning_registry
+  from tff_compress.models import registry as model_registry
+  # pylint: enable=g-import-not-at-top
+  return {
+      'data.name': sorted(data_registry.DATASETS),
+      'data.partition': sorted(partition.PARTITIONERS),
+      'model.name': sorted(model_registry.MODELS),
+      'client.work': sorted(learning_registry.CLIENT_WORKS),
+      'server.optimizer': sorted(learning_registry.SERVER_OPTIMIZERS),
+      'broadcast.kind': sorted(learning_registry.DISTRIBUTORS),
+      'aggregator.kind': sorted(learning_registry.AGGREGATORS),
+  }
+
+
+def _rules() -> dict[str, _Rule]:
+  rules = {
+      'name': _Rule(_str_type),
+      'seed': _int_range(0, 2**31 - 1),
+      'rounds': _int_range(1),
+      'clients_per_round': _Rule(_clients_per_round),
+      'eval_every': _int_range(1),
+      'eval_clients': _int_range(1),
+      'data.num_clients': _int_range(1),
+      'data.dirichlet_alpha': _float_range(0.0, lo_open=True),
+      'data.shards_per_client': _int_range(1),
+      'data.test_fraction': _float_range(0.0, 1.0, lo_open=True,
+                                         hi_open=True),
+      'data.cache_dir': _Rule(_str_type),
+      'data.only_digits': _Rule(_bool_type),
+      'client.learning_rate': _float_range(0.0, lo_open=True),
+      'client.momentum': _float_range(0.0, 1.0, hi_open=True),
+      'client.epochs': _int_range(1),
+      'client.batch_size': _int_range(1),
+      'server.learning_rate': _float_range(0.0, lo_open=True),
+      'server.momentum': _float_range(0.0, 1.0, hi_open=True),
+      'server.beta_1': _float_range(0.0, 1.0, hi_open=True),
+      'server.beta_2': _float_range(0.0, 1.0, hi_open=True),
+      'server.epsilon': _float_range(0.0, lo_open=True),
+  }
+  for key, options in _registries().items():
+    rules[key] = _choice(options)
+  return rules
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
+  """{'data.name': ..., ...} for every leaf key."""
+  out = {}
+  for key, value in config.items():
+    full = f'{prefix}{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(flatten(value, full + '.'))
+    else:
+      out[full] = value
+  return out
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks every key; raises ConfigError naming the first bad key."""
+  rules = _rules()
+  known = set(flatten(default_config()))
+  values = flatten(config)
+  for key in values:
+    if key not in known:
+      raise ConfigError(
+          f'unknown config key {key!r}; known keys: {", ".join(sorted(known))}')
+  for key in sorted(known):
+    if key not in values:
+      raise ConfigError(f'config key {key!r} is missing')
+  for key, rule in rules.items():
+    problem = rule.check(values[key], config)
+    if problem:
+      raise ConfigError(f'config key {key!r} {problem}')
+  return config
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+  """Short stable hash of the resolved config (the run's identity)."""
+  blob = json.dumps(config.to_dict(), sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), sort_keys=True, indent=2, default=str)

@@ -1,0 +1,168 @@
+"""The run directory: identity, resolved config, metrics and summaries.
+
+Layout (see README):
+  config.json     fully resolved config
+  metrics.csv     one row per round, columns `METRICS_COLUMNS`
+  summary.json    final figures
+  curves.png      loss / accuracy / bytes per round
+  tb/             TensorBoard event files
+  checkpoints/    tff.program program state, one version per round
+  final_weights.npz  trainable + non-trainable weights after the last round
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Mapping, Optional, Sequence
+
+import ml_collections
+
+from tff_compress import config_lib
+
+METRICS_COLUMNS = (
+    'round', 'train_loss', 'train_accuracy', 'eval_loss', 'eval_accuracy',
+    'bytes_down', 'bytes_up', 'client_flops', 'epsilon', 'clients',
+    'round_seconds',
+)
+
+
+class RunDirError(ValueError):
+  """The run directory cannot be used for this config."""
+
+
+def default_run_dir(config: ml_collections.ConfigDict,
+                    base: Optional[str] = None) -> str:
+  """`<base>/runs/<config name>-<config hash>`; base = the user's cwd."""
+  base = base or os.environ.get('BUILD_WORKING_DIRECTORY') or os.getcwd()
+  return os.path.join(
+      base, 'runs', f'{config.name}-{config_lib.config_hash(config)}')
+
+
+def resolve_user_path(path: str) -> str:
+  """Resolves a user-given path against the directory `bazel run` came from."""
+  path = os.path.expanduser(path)
+  if os.path.isabs(path):
+    return path
+  base = os.environ.get('BUILD_WORKING_DIRECTORY') or os.getcwd()
+  return os.path.join(base, path)
+
+
+def prepare(run_dir: str, config: ml_collections.ConfigDict) -> bool:
+  """Creates `run_dir` or checks it holds this config; True if resuming."""
+  config_path = os.path.join(run_dir, 'config.json')
+  wanted = json.loads(config_lib.to_json(config))
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      try:
+        existing = json.load(f)
+      except json.JSONDecodeError as e:
+        raise RunDirError(f'{config_path} is not valid JSON ({e})') from e
+    if existing != wanted:
+      a = config_lib.flatten(ml_collections.ConfigDict(existing))
+      b = config_lib.flatten(config)
+      diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+      raise RunDirError(
+          f'{run_dir} holds a run of a different config (differs in: '
+          f'{", ".join(diff)}); choose another --run_dir or omit it')
+    return True
+  os.makedirs(run_dir, exist_ok=True)
+  tmp = config_path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(config_lib.to_json(config))
+  os.replace(tmp, config_path)
+  return False
+
+
+class MetricsCsv:
+  """`metrics.csv` that survives resume: rows past the checkpoint are dropped."""
+
+  def __init__(self, path: str, columns: Sequence[str] = METRICS_COLUMNS):
+    self._path = path
+    self._columns = tuple(columns)
+
+  def truncate_after(self, last_round: int) -> None:
+    """Keeps rows with round <= last_round (the checkpoint being resumed)."""
+    rows = self.read()
+    kept = [r for r in rows if int(r['round']) <= last_round]
+    self._write_all(kept)
+
+  def read(self) -> list[dict[str, str]]:
+    if not os.path.exists(self._path):
+      return []
+    with open(self._path, newline='') as f:
+      return list(csv.DictReader(f))
+
+  def _write_all(self, rows: Sequence[Mapping[str, object]]) -> None:
+    tmp = self._path + '.tmp'
+    with open(tmp, 'w', newline='') as f:
+      writer = csv.DictWriter(f, fieldnames=self._columns)
+      writer.writeheader()
+      for row in rows:
+        writer.writerow({k: row.get(k, '') for k in self._columns})
+    os.replace(tmp, self._path)
+
+  def append(self, row: Mapping[str, object]) -> None:
+    unknown = set(row) - set(self._columns)
+    if unknown:
+      raise ValueError(f'unknown metrics columns {sorted(unknown)}')
+    new = not os.path.exists(self._path)
+    with open(self._path, 'a', newline='') as f:
+      writer = csv.DictWriter(f, fieldnames=self._columns)
+      if new:
+        writer.writeheader()
+      writer.writerow({k: _fmt(row.get(k)) for k in self._columns})
+
+
+def _fmt(value) -> str:
+  if value is None:
+    return ''
+  if isinstance(value, float):
+    return repr(value)
+  return str(value)
+
+
+def write_json(path: str, payload: Mapping[str, object]) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=2, sort_keys=True, default=float)
+  os.replace(tmp, path)
+
+
+def plot_curves(csv_path: str, png_path: str, title: str) -> None:
+  """PNG of train/eval loss, accuracy and bytes per round."""
+  # pylint: disable=g-import-not-at-top
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  # pylint: enable=g-import-not-at-top
+  rows = MetricsCsv(csv_path).read()
+  if not rows:
+    return
+
+  def series(key):
+    pts = [(int(r['round']), float(r[key])) for r in rows if r.get(key)]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  for key, style in (('train_loss', '-'), ('eval_loss', 'o-')):
+    axes[0].plot(*series(key), style, label=key)
+  axes[0].set_xlabel('round')
+  axes[0].set_ylabel('loss')
+  axes[0].legend()
+  for key, style in (('train_accuracy', '-'), ('eval_accuracy', 'o-')):
+    axes[1].plot(*series(key), style, label=key)
+  axes[1].set_xlabel('round')
+  axes[1].set_ylabel('accuracy')
+  axes[1].legend()
+  for key in ('bytes_down', 'bytes_up'):
+    x, y = series(key)
+    axes[2].plot(x, [v / 1e6 for v in y], label=key)
+  axes[2].set_xlabel('round')
+  axes[2].set_ylabel('MB per round (all sampled clients)')
+  axes[2].legend()
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=80)
+  plt.close(fig)

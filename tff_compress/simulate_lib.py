@@ -1,0 +1,251 @@
+"""One federated training run: config -> run directory.
+
+Library code: no flags. `simulate.py` parses flags and calls :func:`run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import os
+import sys
+import time
+from typing import Callable, Optional, TextIO
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_compress import runtime
+from tff_compress.data import federated_data
+from tff_compress.data import registry as data_registry
+from tff_compress.learning import process as process_lib
+from tff_compress.learning import task as task_lib
+from tff_compress.program import run_dir as run_dir_lib
+
+_EVAL_BATCH = 100
+
+
+def sample_clients(num_clients: int, per_round: int, seed: int,
+                   round_num: int) -> np.ndarray:
+  """Sorted client indices for `round_num`, a function of (seed, round) only."""
+  rng = np.random.default_rng([seed, round_num, 0])
+  return np.sort(rng.choice(num_clients, size=per_round, replace=False))
+
+
+def shuffle_seed(seed: int, round_num: int, client_index: int) -> int:
+  """The tf.data shuffle seed of one client in one round."""
+  rng = np.random.default_rng([seed, round_num, 1, client_index])
+  return int(rng.integers(0, 2**31 - 1))
+
+
+def _eval_datasets(data: federated_data.FederatedData, num: int):
+  n = len(data.test_y)
+  num = max(1, min(num, n))
+  bounds = np.linspace(0, n, num + 1).astype(int)
+  return [
+      tf.data.Dataset.from_tensor_slices(
+          collections.OrderedDict(x=data.test_x[a:b], y=data.test_y[a:b])
+      ).batch(_EVAL_BATCH)
+      for a, b in zip(bounds[:-1], bounds[1:])
+  ]
+
+
+@dataclasses.dataclass
+class Progress:
+  """Prints one line per round with an ETA."""
+
+  rounds: int
+  out: TextIO
+  start_round: int
+
+  def __post_init__(self):
+    self._t0 = time.monotonic()
+
+  def round(self, row: dict) -> None:
+    r = row['round']
+    done = r - self.start_round + 1
+    elapsed = time.monotonic() - self._t0
+    eta = elapsed / done * (self.rounds - r)
+    acc = row.get('eval_accuracy')
+    acc_s = f'eval acc {acc:.4f}' if acc is not None else 'eval acc   -   '
+    print(
+        f'round {r:>4}/{self.rounds} | train loss {row["train_loss"]:.4f}'
+        f' acc {row["train_accuracy"]:.4f} | {acc_s} | down'
+        f' {row["bytes_down"] / 1e6:8.2f} MB up {row["bytes_up"] / 1e6:8.2f} MB'
+        f' | {row["round_seconds"]:6.2f} s | ETA {_hms(eta)}',
+        file=self.out, flush=True)
+
+
+def _hms(seconds: float) -> str:
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h:d}:{m:02d}:{s:02d}' if h else f'{m:d}:{s:02d}'
+
+
+def _flat_weights(weights: tff.learning.models.ModelWeights) -> list:
+  return [np.asarray(w) for w in tf.nest.flatten(
+      (weights.trainable, weights.non_trainable))]
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    run_dir: str,
+    out: TextIO = sys.stdout,
+    after_round: Optional[Callable[[int], None]] = None,
+) -> dict:
+  """Trains per `config`, writing/resuming `run_dir`; returns the summary.
+
+  Args:
+    config: A validated config (see `config_lib`).
+    run_dir: Run directory; created, or resumed if it holds this config.
+    out: Where progress lines go.
+    after_round: Called with the round number after its checkpoint is saved
+      (tests use it to interrupt a run).
+
+  Returns:
+    The summary dict also written to `summary.json`.
+  """
+  resuming = run_dir_lib.prepare(run_dir, config)
+  data = data_registry.build_federated_data(config.data, seed=config.seed)
+  task = task_lib.build_task(config.model.name, data, seed=config.seed)
+  process = process_lib.build_learning_process(config, task)
+  evaluation = process_lib.build_evaluation(task)
+  eval_datasets = _eval_datasets(data, config.eval_clients)
+  metrics_csv = run_dir_lib.MetricsCsv(os.path.join(run_dir, 'metrics.csv'))
+  state_manager = tff.program.FileProgramStateManager(
+      os.path.join(run_dir, 'checkpoints'), prefix='round_', keep_total=2)
+  tb_writer = tf.summary.create_file_writer(os.path.join(run_dir, 'tb'))
+  client_ids = data.client_ids
+
+  print(
+      f'run dir {run_dir}\n'
+      f'data {data.name}: {len(client_ids)} clients, '
+      f'{sum(data.client_size(c) for c in client_ids)} train / '
+      f'{len(data.test_y)} test examples | model {config.model.name}: '
+      f'{task.num_params:,} params, '
+      f'{task.train_flops_per_example / 1e6:.2f} MFLOPs/example to train',
+      file=out, flush=True)
+
+  with runtime.local_context(log_dir=run_dir):
+    state = process.initialize()
+    start = 1
+    if resuming:
+      loaded, version = asyncio.run(state_manager.load_latest(state))
+      if loaded is not None:
+        state, start = loaded, version + 1
+        print(f'resuming after round {version}', file=out, flush=True)
+      else:
+        version = 0
+      metrics_csv.truncate_after(version)
+    progress = Progress(config.rounds, out, start)
+    eval_state = evaluation.initialize()
+
+    for round_num in range(start, config.rounds + 1):
+      t0 = time.monotonic()
+      picked = sample_clients(len(client_ids), config.clients_per_round,
+                              config.seed, round_num)
+      datasets, flops = [], []
+      for index in picked:
+        x, y = data.client_arrays(client_ids[index])
+        datasets.append(federated_data.make_client_dataset(
+            x, y, batch_size=config.client.batch_size,
+            epochs=config.client.epochs,
+            shuffle_seed=shuffle_seed(config.seed, round_num, int(index))))
+        flops.append(config.client.epochs * len(y) *
+                     task.train_flops_per_example)
+      output = process.next(state, datasets)
+      state = output.state
+      m = output.metrics
+      row = {
+          'round': round_num,
+          'train_loss': float(m['client_work']['train']['loss']),
+          'train_accuracy': float(m['client_work']['train']['accuracy']),
+          'eval_loss': None,
+          'eval_accuracy': None,
+          'bytes_down': int(m['distributor']['bytes_down']),
+          'bytes_up': int(m['aggregator']['bytes_up']),
+          'client_flops': float(np.mean(flops)),
+          'epsilon': None,
+          'clients': len(picked),
+      }
+      if round_num % config.eval_every == 0 or round_num == config.rounds:
+        eval_state = evaluation.set_model_weights(
+            eval_state, process.get_model_weights(state))
+        eval_out = evaluation.next(eval_state, eval_datasets)
+        current = eval_out.metrics['client_work']['eval'][
+            'current_round_metrics']
+        row['eval_loss'] = float(current['loss'])
+        row['eval_accuracy'] = float(current['accuracy'])
+      row['round_seconds'] = time.monotonic() - t0
+
+      # CSV first, then the checkpoint: a crash in between re-runs this round.
+      metrics_csv.append(row)
+      with tb_writer.as_default(step=round_num):
+        for key, value in row.items():
+          if key != 'round' and value is not None:
+            tf.summary.scalar(key, value)
+      tb_writer.flush()
+      asyncio.run(state_manager.save(state, round_num))
+      progress.round(row)
+      if after_round is not None:
+        after_round(round_num)
+
+    final_weights = process.get_model_weights(state)
+
+  np.savez(os.path.join(run_dir, 'final_weights.npz'),
+           *_flat_weights(final_weights))
+  summary = _summarize(config, task, metrics_csv.read())
+  run_dir_lib.write_json(os.path.join(run_dir, 'summary.json'), summary)
+  run_dir_lib.plot_curves(
+      os.path.join(run_dir, 'metrics.csv'),
+      os.path.join(run_dir, 'curves.png'),
+      f'{config.name}: {config.model.name} on {config.data.name}')
+  _print_summary(summary, out)
+  return summary
+
+
+def _summarize(config, task: task_lib.Task, rows: list[dict]) -> dict:
+  evals = [r for r in rows if r['eval_accuracy']]
+  down = [int(r['bytes_down']) for r in rows]
+  up = [int(r['bytes_up']) for r in rows]
+  float_bytes = 4 * task.num_params  # one float32 model
+  per_client_down = sum(down) / max(1, sum(int(r['clients']) for r in rows))
+  per_client_up = sum(up) / max(1, sum(int(r['clients']) for r in rows))
+  return {
+      'config_name': config.name,
+      'rounds': len(rows),
+      'final_eval_accuracy': float(evals[-1]['eval_accuracy']) if evals else None,
+      'final_eval_loss': float(evals[-1]['eval_loss']) if evals else None,
+      'final_train_loss': float(rows[-1]['train_loss']) if rows else None,
+      'total_bytes_down': sum(down),
+      'total_bytes_up': sum(up),
+      'mean_bytes_down_per_client': per_client_down,
+      'mean_bytes_up_per_client': per_client_up,
+      'compression_down_vs_float32': float_bytes / per_client_down
+                                     if per_client_down else None,
+      'compression_up_vs_float32': float_bytes / per_client_up
+                                   if per_client_up else None,
+      'mean_client_flops': float(np.mean([float(r['client_flops'])
+                                          for r in rows])) if rows else None,
+      'model_params': task.num_params,
+      'epsilon': None,
+      'total_round_seconds': sum(float(r['round_seconds']) for r in rows),
+      'mean_round_seconds': float(np.mean([float(r['round_seconds'])
+                                           for r in rows])) if rows else None,
+  }
+
+
+def _print_summary(summary: dict, out: TextIO) -> None:
+  acc = summary['final_eval_accuracy']
+  print(
+      f'done: {summary["rounds"]} rounds | final eval accuracy '
+      f'{acc:.4f} loss {summary["final_eval_loss"]:.4f} | '
+      f'{summary["total_bytes_down"] / 1e6:.1f} MB down, '
+      f'{summary["total_bytes_up"] / 1e6:.1f} MB up | '
+      f'{summary["mean_client_flops"] / 1e9:.3f} GFLOPs per client per round |'
+      f' {summary["total_round_seconds"]:.1f} s of rounds',
+      file=out, flush=True)
