@@ -13,10 +13,17 @@ from typing import Callable, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 # Quiet TensorFlow's C++ start-up banner unless the user asked otherwise.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# (Level 3: TF 2.14 logs harmless CUDA-plugin "errors" at import on CPU.)
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+# TensorFlow must be imported before absl parses flags: imported after
+# `app.run` has parsed them, Keras 2.14 cannot build any model (its layers
+# see eager mode while tracing and fail on the unknown batch dimension).
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
 
 USAGE_EXIT = 2
 
@@ -30,7 +37,8 @@ def fail(program: str, message: str) -> None:
   sys.exit(USAGE_EXIT)
 
 
-def _chdir_for_relative_paths(argv: Sequence[str]) -> list[str]:
+def _chdir_for_relative_paths(program: str,
+                              argv: Sequence[str]) -> list[str]:
   """`bazel run` starts in the runfiles tree; configs are user paths.
 
   Rewrites `--config=relative/path.py` to an absolute path against the
@@ -50,9 +58,24 @@ def _chdir_for_relative_paths(argv: Sequence[str]) -> list[str]:
           if os.path.exists(c):
             spec = c
             break
+      if not os.path.isfile(spec):
+        fail(program, f'config file not found: {path}')
       arg = f'--config={spec}{colon}{rest}'
     out.append(arg)
   return out
+
+
+def load_config(config_flag):
+  """The parsed config, validated; load/validation problems -> UserError."""
+  from tff_compress import config_lib  # pylint: disable=g-import-not-at-top
+  try:
+    config = config_flag.value
+    return config_lib.validate(config)
+  except config_lib.ConfigError as e:
+    raise UserError(str(e)) from e
+  except (OSError, SyntaxError, ImportError, AttributeError, NameError) as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise UserError(f'cannot load --config: {first}') from e
 
 
 def define_config_flag(default_config_path: str):
@@ -66,7 +89,8 @@ def run_main(program: str, main: Callable[[Sequence[str]], None]) -> None:
   """`app.run` with flag and config errors reported as one line, exit 2."""
 
   def parse(argv):
-    argv = _chdir_for_relative_paths(argv)
+    argv = _chdir_for_relative_paths(program, argv)
+    _check_override_keys(program, argv)
     try:
       return flags.FLAGS(argv)
     except flags.Error as e:
@@ -76,12 +100,30 @@ def run_main(program: str, main: Callable[[Sequence[str]], None]) -> None:
       fail(program, f'bad --config: {_one_line(e)}')
 
   def guarded(argv):
+    # Library INFO chatter (Keras metric notes, SavedModel asset lines)
+    # would drown the one progress line per round.
+    logging.set_verbosity(logging.WARNING)
+    tf.get_logger().setLevel('ERROR')
     try:
       main(argv)
     except UserError as e:
       fail(program, _one_line(e))
 
   app.run(guarded, flags_parser=parse)
+
+
+def _check_override_keys(program: str, argv: Sequence[str]) -> None:
+  """`--config.KEY=V` with an unknown KEY -> one line naming it."""
+  from tff_compress import config_lib  # pylint: disable=g-import-not-at-top
+  known = config_lib.flatten(config_lib.default_config())
+  for arg in argv[1:]:
+    if arg.startswith('--config.'):
+      key = arg[len('--config.'):].split('=', 1)[0]
+      if key not in known:
+        close = [k for k in known if k.split('.')[-1] == key.split('.')[-1]]
+        hint = f' (did you mean {close[0]!r}?)' if close else ''
+        fail(program, f'unknown config key {key!r}{hint}; keys are listed '
+             'in README.md and tff_compress/config_lib.py')
 
 
 def _one_line(e: BaseException) -> str:

@@ -12,7 +12,6 @@ import os
 from absl import flags
 
 from tff_compress import cli
-from tff_compress import config_lib
 
 _CONFIG = cli.define_config_flag(
     os.path.join(os.path.dirname(__file__), '..', 'configs', 'caldas_mnist.py'))
@@ -25,10 +24,7 @@ _RUN_DIR = flags.DEFINE_string(
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
-  try:
-    config = config_lib.validate(_CONFIG.value)
-  except config_lib.ConfigError as e:
-    raise cli.UserError(str(e)) from e
+  config = cli.load_config(_CONFIG)
   # pylint: disable=g-import-not-at-top  (TensorFlow loads after validation)
   from tff_compress import simulate_lib
   from tff_compress.data import federated_data

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 from typing import Callable, Optional, TextIO
 
@@ -26,6 +30,7 @@ from tff_compress.learning import task as task_lib
 from tff_compress.program import run_dir as run_dir_lib
 
 _EVAL_BATCH = 100
+_CKPT_PREFIX = 'round_'
 
 
 def sample_clients(num_clients: int, per_round: int, seed: int,
@@ -86,6 +91,34 @@ def _hms(seconds: float) -> str:
   return f'{h:d}:{m:02d}:{s:02d}' if h else f'{m:d}:{s:02d}'
 
 
+@contextlib.contextmanager
+def _signals_deferred():
+  """Blocks SIGINT/SIGTERM in this thread for the block (atomic bookkeeping)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  blocked = {signal.SIGINT, signal.SIGTERM}
+  previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _load_latest_valid(state_manager, structure, checkpoint_dir, out):
+  """Newest checkpoint that loads; a torn one (SIGKILL mid-save) is removed."""
+  versions = asyncio.run(state_manager.get_versions()) or []
+  for version in sorted(versions, reverse=True):
+    try:
+      return asyncio.run(state_manager.load(version, structure)), version
+    except Exception as e:  # pylint: disable=broad-except
+      print(f'checkpoint of round {version} unreadable ({type(e).__name__});'
+            ' using an older one', file=out, flush=True)
+      shutil.rmtree(os.path.join(checkpoint_dir, f'{_CKPT_PREFIX}{version}'),
+                    ignore_errors=True)
+  return None, 0
+
+
 def _flat_weights(weights: tff.learning.models.ModelWeights) -> list:
   return [np.asarray(w) for w in tf.nest.flatten(
       (weights.trainable, weights.non_trainable))]
@@ -116,8 +149,9 @@ def run(
   evaluation = process_lib.build_evaluation(task)
   eval_datasets = _eval_datasets(data, config.eval_clients)
   metrics_csv = run_dir_lib.MetricsCsv(os.path.join(run_dir, 'metrics.csv'))
+  checkpoint_dir = os.path.join(run_dir, 'checkpoints')
   state_manager = tff.program.FileProgramStateManager(
-      os.path.join(run_dir, 'checkpoints'), prefix='round_', keep_total=2)
+      checkpoint_dir, prefix=_CKPT_PREFIX, keep_total=2)
   tb_writer = tf.summary.create_file_writer(os.path.join(run_dir, 'tb'))
   client_ids = data.client_ids
 
@@ -134,12 +168,11 @@ def run(
     state = process.initialize()
     start = 1
     if resuming:
-      loaded, version = asyncio.run(state_manager.load_latest(state))
+      loaded, version = _load_latest_valid(
+          state_manager, state, checkpoint_dir, out)
       if loaded is not None:
         state, start = loaded, version + 1
         print(f'resuming after round {version}', file=out, flush=True)
-      else:
-        version = 0
       metrics_csv.truncate_after(version)
     progress = Progress(config.rounds, out, start)
     eval_state = evaluation.initialize()
@@ -183,13 +216,15 @@ def run(
       row['round_seconds'] = time.monotonic() - t0
 
       # CSV first, then the checkpoint: a crash in between re-runs this round.
-      metrics_csv.append(row)
-      with tb_writer.as_default(step=round_num):
-        for key, value in row.items():
-          if key != 'round' and value is not None:
-            tf.summary.scalar(key, value)
-      tb_writer.flush()
-      asyncio.run(state_manager.save(state, round_num))
+      # SIGINT/SIGTERM wait until both are written.
+      with _signals_deferred():
+        metrics_csv.append(row)
+        with tb_writer.as_default(step=round_num):
+          for key, value in row.items():
+            if key != 'round' and value is not None:
+              tf.summary.scalar(key, value)
+        tb_writer.flush()
+        asyncio.run(state_manager.save(state, round_num))
       progress.round(row)
       if after_round is not None:
         after_round(round_num)

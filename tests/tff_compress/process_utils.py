@@ -14,7 +14,7 @@ WORKSPACE = os.path.abspath(
 def child_env() -> dict:
   env = dict(os.environ)
   env['PYTHONPATH'] = WORKSPACE + os.pathsep + env.get('PYTHONPATH', '')
-  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  env['TF_CPP_MIN_LOG_LEVEL'] = '3'
   return env
 
 

@@ -58,7 +58,7 @@ class FederatedData:
   name: str
   input_shape: tuple[int, ...]
   num_classes: int
-  client_ids: tuple[str, ...]
+  client_ids: tuple[str, ...] = dataclasses.field(repr=False)
   get_client: ClientLoader = dataclasses.field(repr=False)
   test_x: np.ndarray = dataclasses.field(repr=False)
   test_y: np.ndarray = dataclasses.field(repr=False)
@@ -105,6 +105,21 @@ class FederatedData:
           f'dataset {self.name}, {where}: x has shape {x.shape} and y '
           f'{y.shape}; expected [n, {", ".join(map(str, self.input_shape))}] '
           'and [n]')
+    if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+      raise DataError(
+          f'dataset {self.name}, {where}: labels {y.min()}..{y.max()} are '
+          f'outside 0..{self.num_classes - 1}')
+    if x.size and (x.min() < 0.0 or x.max() > 1.0):
+      raise DataError(
+          f'dataset {self.name}, {where}: pixels {x.min()}..{x.max()} are '
+          'outside [0, 1]')
+
+  def _require_known(self, client_id: str) -> None:
+    if client_id not in self._id_set:
+      raise DataError(
+          f'dataset {self.name}: unknown client id {client_id!r} '
+          f'({len(self.client_ids)} clients, from {self.client_ids[0]!r} '
+          f'to {self.client_ids[-1]!r})')
 
   def client_arrays(self, client_id: str) -> tuple[np.ndarray, np.ndarray]:
     """The examples of one client, loaded once and then cached.
@@ -119,16 +134,12 @@ class FederatedData:
 
     Raises:
       DataError: `client_id` is unknown, or the loader returned arrays of the
-        wrong dtype, shape or size.
+        wrong dtype, shape, size or value range.
     """
     cached = self._cache.get(client_id)
     if cached is not None:
       return cached
-    if client_id not in self._id_set:
-      raise DataError(
-          f'dataset {self.name}: unknown client id {client_id!r} '
-          f'({len(self.client_ids)} clients, from {self.client_ids[0]!r} '
-          f'to {self.client_ids[-1]!r})')
+    self._require_known(client_id)
     x, y = self.get_client(client_id)
     where = f'client {client_id!r}'
     self._check_arrays(x, y, where)
@@ -143,11 +154,20 @@ class FederatedData:
     return x, y
 
   def client_size(self, client_id: str) -> int:
-    """Number of examples of `client_id` (loads the client if not known)."""
+    """Number of examples of `client_id`.
+
+    Args:
+      client_id: One of :attr:`client_ids`.
+
+    Returns:
+      ``client_sizes[client_id]`` if sizes are known, else the length of the
+      (then loaded and cached) client.
+
+    Raises:
+      DataError: `client_id` is unknown or cannot be loaded.
+    """
     if self.client_sizes is not None:
-      if client_id not in self._id_set:
-        raise DataError(
-            f'dataset {self.name}: unknown client id {client_id!r}')
+      self._require_known(client_id)
       return int(self.client_sizes[client_id])
     return len(self.client_arrays(client_id)[1])
 
@@ -165,7 +185,8 @@ class FederatedData:
 
 
 def element_spec(
-    input_shape: tuple[int, ...]) -> collections.OrderedDict[str, tf.TensorSpec]:
+    input_shape: tuple[int, ...],
+) -> collections.OrderedDict[str, tf.TensorSpec]:
   """The element type of :func:`make_client_dataset`'s batches.
 
   Args:
