@@ -16,7 +16,7 @@ import time
 from absl import app
 from absl import flags
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # Before absl parses flags (see tff_compress/cli.py).
 import tensorflow as tf  # pylint: disable=unused-import,wrong-import-position
 

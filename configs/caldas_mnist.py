@@ -10,7 +10,7 @@ from tff_compress import config_lib
 def get_config():
   config = config_lib.default_config()
   config.name = 'caldas_mnist'
-  config.rounds = 30
+  config.rounds = 50
   config.clients_per_round = 10
   config.eval_every = 5
   config.model.name = 'caldas_cnn'
