@@ -60,7 +60,10 @@ def main(argv):
       client_optimizer_fn=tff.learning.optimizers.build_sgdm(
           cfg.client.learning_rate),
       server_optimizer_fn=tff.learning.optimizers.build_sgdm(
-          cfg.server.learning_rate))
+          cfg.server.learning_rate, momentum=cfg.server.momentum or None))
+  if cfg.server.optimizer != 'sgd' or cfg.client.momentum:
+    raise app.UsageError('the TFF baseline here mirrors server.optimizer=sgd '
+                         'and client.momentum=0 only')
   evaluation = process_lib.build_evaluation(task)
   eval_ds = [federated_data.make_client_dataset(
       data.test_x, data.test_y, batch_size=100, epochs=1, shuffle_seed=0)]
