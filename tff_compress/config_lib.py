@@ -61,11 +61,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.server.beta_2 = 0.99
   c.server.epsilon = 1e-3
 
-  c.broadcast = ml_collections.ConfigDict()
-  c.broadcast.kind = 'plain'
-
-  c.aggregator = ml_collections.ConfigDict()
-  c.aggregator.kind = 'mean'
+  # Server->client (broadcast) and client->server (uplink) codecs (Caldas et
+  # al. 2018): transform -> subsample -> stochastic quantization -> bitpack.
+  # transform: none|hadamard|kashin; bits: 1..8, 16, or 32 (= float32, no
+  # quantization); subsample: fraction of coordinates kept, (0, 1]; tensors
+  # with fewer than min_size elements are sent as float32.
+  for section in ('broadcast', 'uplink'):
+    c[section] = ml_collections.ConfigDict()
+    c[section].transform = 'none'
+    c[section].bits = 32
+    c[section].subsample = 1.0
+    c[section].min_size = 1000
   return c
 
 
@@ -136,8 +142,6 @@ def _registries() -> dict[str, Sequence[str]]:
       'model.name': sorted(model_registry.MODELS),
       'client.work': sorted(learning_registry.CLIENT_WORKS),
       'server.optimizer': sorted(learning_registry.SERVER_OPTIMIZERS),
-      'broadcast.kind': sorted(learning_registry.DISTRIBUTORS),
-      'aggregator.kind': sorted(learning_registry.AGGREGATORS),
   }
 
 
@@ -166,9 +170,23 @@ def _rules() -> dict[str, _Rule]:
       'server.beta_2': _float_range(0.0, 1.0, hi_open=True),
       'server.epsilon': _float_range(0.0, lo_open=True),
   }
+  for section in ('broadcast', 'uplink'):
+    rules[f'{section}.min_size'] = _int_range(0)
   for key, options in _registries().items():
     rules[key] = _choice(options)
   return rules
+
+
+def _check_codecs(config) -> None:
+  """The codec factory itself validates `broadcast.*` and `uplink.*`."""
+  from tff_compress.encoders import factory  # pylint: disable=g-import-not-at-top
+  for section in ('broadcast', 'uplink'):
+    c = config[section]
+    try:
+      factory.build_chain(c.transform, c.subsample, c.bits,
+                          config_prefix=section)
+    except factory.CodecError as e:
+      raise ConfigError(f'config key {e}') from e
 
 
 def flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
@@ -199,6 +217,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     problem = rule.check(values[key], config)
     if problem:
       raise ConfigError(f'config key {key!r} {problem}')
+  _check_codecs(config)
   return config
 
 

@@ -148,6 +148,9 @@ class SimulateTest(absltest.TestCase):
         '--config.model.name=resnet9': 'caldas_cnn',
         '--config.clients_per_round=500': 'data.num_clients',
         '--config.client.learning_rate=-1': 'client.learning_rate',
+        '--config.broadcast.bits=0': 'broadcast.bits',
+        '--config.uplink.subsample=1.5': 'uplink.subsample',
+        '--config.uplink.transform=fft': 'kashin',
     }
     for flag, expected in cases.items():
       child = _simulate(flag, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -24,11 +24,10 @@ def build_learning_process(
   """distributor -> client work -> aggregator -> finalizer, from `cfg`."""
   initial_weights_fn = build_initial_weights_fn(task)
   model_weights_type = initial_weights_fn.type_signature.result
-  distributor = registry.DISTRIBUTORS[cfg.broadcast.kind](
-      cfg, model_weights_type)
+  distributor = registry.build_distributor(cfg, model_weights_type)
   client_work = registry.CLIENT_WORKS[cfg.client.work](
       cfg, task, model_weights_type)
-  aggregator = registry.AGGREGATORS[cfg.aggregator.kind](cfg).create(
+  aggregator = registry.build_aggregator(cfg).create(
       model_weights_type.trainable, tff.TensorType(np.float32))
   finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
       registry.SERVER_OPTIMIZERS[cfg.server.optimizer](cfg),

@@ -12,6 +12,7 @@ import tensorflow_federated as tff
 
 from tff_compress.learning import aggregators
 from tff_compress.learning import distributors
+from tff_compress.learning import encoded
 
 
 def _sgd_client_work(cfg, task, model_weights_type):
@@ -44,15 +45,20 @@ CLIENT_WORKS: dict[str, Callable] = {
     'sgd': _sgd_client_work,
 }
 
-# (cfg, model_weights_type) -> DistributionProcess
-DISTRIBUTORS: dict[str, Callable] = {
-    'plain': lambda cfg, mw_type: distributors.build_plain_broadcast(mw_type),
-}
+def build_distributor(cfg, model_weights_type):
+  """The float32 broadcast, or the encoded one when `broadcast.*` compresses."""
+  codec = encoded.CodecConfig.from_config('broadcast', cfg.broadcast)
+  if codec.is_identity:
+    return distributors.build_plain_broadcast(model_weights_type)
+  return encoded.build_encoded_broadcast(model_weights_type, codec, cfg.seed)
 
-# (cfg) -> WeightedAggregationFactory
-AGGREGATORS: dict[str, Callable] = {
-    'mean': lambda cfg: aggregators.build_mean(),
-}
+
+def build_aggregator(cfg):
+  """Weighted mean of updates, through the `uplink.*` codec if it compresses."""
+  codec = encoded.CodecConfig.from_config('uplink', cfg.uplink)
+  if codec.is_identity:
+    return aggregators.build_mean()
+  return encoded.EncodedMeanFactory(codec, seed=cfg.seed)
 
 # (cfg) -> tff.learning.optimizers.Optimizer; 'sgd' with lr 1 is FedAvg,
 # 'adam' is FedAdam (Reddi et al. 2021).
