@@ -101,8 +101,9 @@ def main(argv):
       'as measured by the run (`summary.json`).',
       '',
       '| direction | transform | bits | subsample | accuracy | Δ vs float32 (pt) '
-      '| bytes down/client | bytes up/client | down ratio | up ratio |',
-      '|---|---|---|---|---|---|---|---|---|---|',
+      '| bytes down/client | bytes up/client | down ratio | up ratio '
+      '| s/round | round time vs baseline |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   for (direction, transform, bits, sub), s in results:
     delta = 100 * (s['final_eval_accuracy'] - base['final_eval_accuracy'])
@@ -112,7 +113,9 @@ def main(argv):
         f'{s["mean_bytes_down_per_client"]:,.0f} | '
         f'{s["mean_bytes_up_per_client"]:,.0f} | '
         f'{s["compression_down_vs_float32"]:.1f}× | '
-        f'{s["compression_up_vs_float32"]:.1f}× |')
+        f'{s["compression_up_vs_float32"]:.1f}× | '
+        f'{s["mean_round_seconds"]:.2f} | '
+        f'{s["mean_round_seconds"] / base["mean_round_seconds"]:.2f}× |')
   out_path = _workspace_path(_OUT.value)
   os.makedirs(os.path.dirname(out_path), exist_ok=True)
   with open(out_path, 'w') as f:
