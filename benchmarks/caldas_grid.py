@@ -47,7 +47,6 @@ def _workspace_path(path: str) -> str:
 def main(argv):
   del argv
   # pylint: disable=g-import-not-at-top
-  import importlib.util
   import json
   from absl import logging
   from tff_compress import config_lib
@@ -56,13 +55,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   tf.get_logger().setLevel('ERROR')
 
-  spec = importlib.util.spec_from_file_location(
-      'grid_cfg', _workspace_path(_CONFIG.value))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-
   def config_for(direction, transform, bits, subsample):
-    cfg = module.get_config()
+    cfg = config_lib.load_config_file(_workspace_path(_CONFIG.value))
     cfg.rounds = _ROUNDS.value
     cfg.eval_every = _ROUNDS.value
     if direction:

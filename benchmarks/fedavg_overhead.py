@@ -32,7 +32,6 @@ def main(argv):
   from absl import logging
   import numpy as np
   import tensorflow_federated as tff
-  import importlib.util
 
   from tff_compress import config_lib
   from tff_compress import runtime
@@ -47,10 +46,7 @@ def main(argv):
   path = _CONFIG.value
   if not os.path.isabs(path):
     path = os.path.join(os.environ.get('BUILD_WORKSPACE_DIRECTORY', '.'), path)
-  spec = importlib.util.spec_from_file_location('bench_cfg', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = config_lib.validate(module.get_config())
+  cfg = config_lib.validate(config_lib.load_config_file(path))
 
   data = data_registry.build_federated_data(cfg.data, seed=cfg.seed)
   task = task_lib.build_task(cfg.model.name, data, seed=cfg.seed)

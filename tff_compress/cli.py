@@ -65,12 +65,18 @@ def _chdir_for_relative_paths(program: str,
   return out
 
 
-def load_config(config_flag):
-  """The parsed config, validated; load/validation problems -> UserError."""
+def load_config(config_flag, validate=None):
+  """The parsed config, validated; load/validation problems -> UserError.
+
+  Args:
+    config_flag: The `--config` flag holder.
+    validate: Validation function (default: the simulation config's).
+  """
   from tff_compress import config_lib  # pylint: disable=g-import-not-at-top
+  validate = validate or config_lib.validate
   try:
     config = config_flag.value
-    return config_lib.validate(config)
+    return validate(config)
   except config_lib.ConfigError as e:
     raise UserError(str(e)) from e
   except (OSError, SyntaxError, ImportError, AttributeError, NameError) as e:
@@ -85,18 +91,22 @@ def define_config_flag(default_config_path: str):
       lock_config=True)
 
 
-def run_main(program: str, main: Callable[[Sequence[str]], None]) -> None:
+def run_main(program: str, main: Callable[[Sequence[str]], None],
+             check_simulation_keys: bool = True) -> None:
   """`app.run` with flag and config errors reported as one line, exit 2."""
 
   def parse(argv):
     argv = _chdir_for_relative_paths(program, argv)
-    _check_override_keys(program, argv)
+    if check_simulation_keys:
+      _check_override_keys(program, argv)
     try:
       return flags.FLAGS(argv)
     except flags.Error as e:
       fail(program, _one_line(e))
-    except (KeyError, AttributeError, TypeError, ValueError, OSError,
-            SyntaxError, ImportError) as e:
+    except KeyError as e:
+      fail(program, f'unknown config key {_one_line(e)}')
+    except (AttributeError, TypeError, ValueError, OSError, SyntaxError,
+            ImportError) as e:
       fail(program, f'bad --config: {_one_line(e)}')
 
   def guarded(argv):

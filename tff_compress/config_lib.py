@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
+import os
 from typing import Any, Callable, Optional, Sequence
 
 import ml_collections
@@ -219,6 +221,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise ConfigError(f'config key {key!r} {problem}')
   _check_codecs(config)
   return config
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, as `--config=path` loads it."""
+  spec = importlib.util.spec_from_file_location('tff_compress_config', path)
+  if spec is None or not os.path.isfile(path):
+    raise ConfigError(f'config file not found: {path}')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:

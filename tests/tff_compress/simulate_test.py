@@ -19,12 +19,7 @@ _SMOKE = os.path.join(process_utils.WORKSPACE, 'configs', 'smoke.py')
 
 
 def _smoke_config(**overrides):
-  # Same construction as configs/smoke.py, without the flag machinery.
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location('smoke_cfg', _SMOKE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config()
+  cfg = config_lib.load_config_file(_SMOKE)
   for key, value in overrides.items():
     node = cfg
     *path, leaf = key.split('.')

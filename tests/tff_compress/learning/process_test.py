@@ -7,38 +7,18 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tests.tff_compress.learning import learning_testing
 from tff_compress import config_lib
 from tff_compress import runtime
-from tff_compress.data import federated_data
 from tff_compress.learning import aggregators
 from tff_compress.learning import distributors
 from tff_compress.learning import process
-from tff_compress.learning import task as task_lib
-from tff_compress.models import flops
-from tff_compress.models import registry as model_registry
-
-_SHAPE = (28, 28, 1)
-
 
 def _task():
-  def keras_model_fn():
-    return model_registry.build_model('dense', _SHAPE, 10, hidden=(16,),
-                                      seed=1)
-  probe = keras_model_fn()
-  return task_lib.Task(keras_model_fn, federated_data.element_spec(_SHAPE),
-                       flops.count_params(probe),
-                       flops.training_flops_per_example(probe))
+  return learning_testing.small_task(hidden=16)
 
 
-def _datasets(sizes, seed=0):
-  rng = np.random.default_rng(seed)
-  out = []
-  for i, n in enumerate(sizes):
-    x = rng.random((n,) + _SHAPE, dtype=np.float32)
-    y = rng.integers(0, 10, n).astype(np.int32)
-    out.append(federated_data.make_client_dataset(
-        x, y, batch_size=8, epochs=1, shuffle_seed=i))
-  return out
+_datasets = learning_testing.random_datasets
 
 
 def _cfg():

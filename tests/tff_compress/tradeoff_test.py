@@ -1,0 +1,112 @@
+"""The trade-off sweep: grid expansion, errors before any run, end to end."""
+
+import csv
+import os
+import subprocess
+
+from absl.testing import absltest
+import ml_collections
+
+from tests.tff_compress import process_utils
+from tff_compress import config_lib
+from tff_compress import tradeoff_lib
+
+_SMOKE_SWEEP = os.path.join(process_utils.WORKSPACE, 'configs',
+                            'tradeoff_smoke.py')
+_SMOKE = os.path.join(process_utils.WORKSPACE, 'configs', 'smoke.py')
+
+
+def _sweep(**grids):
+  s = tradeoff_lib.default_sweep_config()
+  s.rounds = 2
+  s.grids = ml_collections.ConfigDict(grids)
+  return s
+
+
+class ExpandTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.base = config_lib.load_config_file(_SMOKE)
+
+  def test_product_union_baseline_seeds_dedup(self):
+    s = _sweep(a={'uplink': {'bits': (8, 2), 'transform': ('hadamard',)}},
+               b={'uplink': {'bits': (8,), 'transform': ('hadamard',)},
+                  'broadcast': {'bits': (4,)}})
+    s.seeds = (0, 1)
+    cells = tradeoff_lib.expand(s, self.base)
+    # baseline + a: 2 + b: 1, each for 2 seeds; nothing duplicated.
+    self.assertLen(cells, 8)
+    self.assertEqual(sum(c.grid == 'baseline' for c in cells), 2)
+    self.assertEqual({c.seed for c in cells}, {0, 1})
+    self.assertTrue(all(c.config.rounds == 2 for c in cells))
+    self.assertLen({config_lib.config_hash(c.config) for c in cells}, 8)
+
+  def test_bad_sweeps_fail_before_running(self):
+    cases = [
+        (_sweep(g={'uplink': {'bitz': (1,)}}), 'uplink.bitz'),
+        (_sweep(g={'uplink': {'bits': ()}}), 'empty axis'),
+        (_sweep(g={'uplink': {'bits': (0,)}}), 'uplink.bits'),
+        (_sweep(g={'client': {'learning_rate': (-1.0,)}}),
+         'client.learning_rate'),
+        (_sweep(), 'no grid'),
+    ]
+    for sweep, expected in cases:
+      with self.assertRaisesRegex(tradeoff_lib.SweepError, expected):
+        tradeoff_lib.expand(sweep, self.base)
+
+  def test_pareto(self):
+    pts = [(10, 0.5), (1, 0.4), (5, 0.45), (5, 0.3), (20, 0.5), (2, 0.6)]
+    self.assertEqual(tradeoff_lib.pareto(pts), [1, 5])
+
+
+class SweepEndToEndTest(absltest.TestCase):
+
+  def _run(self, *args):
+    child = process_utils.popen_python(
+        ['-m', 'tff_compress.tradeoff', f'--config={_SMOKE_SWEEP}', *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = child.communicate(timeout=900)
+    return child.returncode, out.decode(), err.decode()
+
+  def test_smoke_sweep_writes_results_and_resumes(self):
+    sweep_dir = self.create_tempdir().full_path
+    code, out, err = self._run(f'--sweep_dir={sweep_dir}')
+    self.assertEqual(code, 0, err[-2000:])
+    self.assertIn('[5/5]', out)
+    with open(os.path.join(sweep_dir, 'results.csv'), newline='') as f:
+      rows = list(csv.DictReader(f))
+    self.assertLen(rows, 5)
+    base = next(r for r in rows if r['grid'] == 'baseline')
+    self.assertAlmostEqual(float(base['up_ratio_vs_baseline']), 1.0)
+    one_bit = [r for r in rows if r.get('uplink.bits') == '1']
+    self.assertLen(one_bit, 2)
+    for r in one_bit:  # 1-bit Hadamard uplink: > 20x fewer bytes
+      self.assertGreater(float(r['up_ratio_vs_float32']), 20)
+    for name in ('results.md', 'accuracy_vs_uplink_bytes.png',
+                 'accuracy_vs_downlink_bytes.png',
+                 'accuracy_vs_epsilon.png'):
+      self.assertTrue(os.path.exists(os.path.join(sweep_dir, name)), name)
+    self.assertLen(os.listdir(os.path.join(sweep_dir, 'cells')), 5)
+
+    # Re-running resumes every finished cell and reproduces the table.
+    code, out, err = self._run(f'--sweep_dir={sweep_dir}')
+    self.assertEqual(code, 0, err[-2000:])
+    with open(os.path.join(sweep_dir, 'results.csv'), newline='') as f:
+      again = list(csv.DictReader(f))
+    strip = lambda rs: [{k: v for k, v in r.items()
+                         if 'seconds' not in k} for r in rs]
+    self.assertEqual(strip(again), strip(rows))
+
+  def test_bad_axis_is_one_line_error(self):
+    code, out, err = self._run('--config.grids.codec.uplink.bits=(0,)',
+                               '--sweep_dir=/nonexistent/never')
+    self.assertEqual(code, 2, err)
+    lines = err.strip().splitlines()
+    self.assertLen(lines, 1)
+    self.assertIn('uplink.bits', lines[0])
+    self.assertNotIn('[1/', out)
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,75 @@
+"""Trade-off evaluator: sweep compression (and later DP, dropout) settings.
+
+  ./bazelw run //tff_compress:tradeoff -- --config=configs/tradeoff.py
+  ./bazelw run //tff_compress:tradeoff -- --config=configs/tradeoff_smoke.py \
+      --sweep_dir=runs/my-sweep
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags
+
+from tff_compress import cli
+
+_CONFIG = cli.define_config_flag(
+    os.path.join(os.path.dirname(__file__), '..', 'configs', 'tradeoff.py'))
+_SWEEP_DIR = flags.DEFINE_string(
+    'sweep_dir', None,
+    'Sweep directory (default runs/<sweep name>-<hash>/ under the current '
+    'directory). Re-running resumes: finished cells are not run again.')
+
+
+def _validate_sweep(sweep):
+  known = set(cli_config_keys())
+  extra = set(sweep.keys()) - known
+  if extra:
+    raise cli.UserError(f'unknown sweep key {sorted(extra)[0]!r}; keys: '
+                        f'{", ".join(sorted(known))}')
+  return sweep
+
+
+def cli_config_keys():
+  from tff_compress import tradeoff_lib  # pylint: disable=g-import-not-at-top
+  return tradeoff_lib.default_sweep_config().keys()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise cli.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  sweep = cli.load_config(_CONFIG, validate=_validate_sweep)
+  # pylint: disable=g-import-not-at-top
+  import hashlib
+  import json
+  from tff_compress import config_lib
+  from tff_compress import tradeoff_lib
+  from tff_compress.data import federated_data
+  from tff_compress.program import run_dir as run_dir_lib
+  # pylint: enable=g-import-not-at-top
+  base_path = run_dir_lib.resolve_user_path(sweep.base)
+  if not os.path.isfile(base_path):
+    workspace = os.environ.get('BUILD_WORKSPACE_DIRECTORY', '')
+    if workspace and os.path.isfile(os.path.join(workspace, sweep.base)):
+      base_path = os.path.join(workspace, sweep.base)
+  try:
+    base = config_lib.load_config_file(base_path)
+  except config_lib.ConfigError as e:
+    raise cli.UserError(f'sweep key \'base\': {e}') from e
+  if _SWEEP_DIR.value:
+    sweep_dir = run_dir_lib.resolve_user_path(_SWEEP_DIR.value)
+  else:
+    identity = hashlib.sha256(json.dumps(
+        [sweep.to_dict(), base.to_dict()], sort_keys=True,
+        default=str).encode()).hexdigest()[:10]
+    sweep_dir = run_dir_lib.resolve_user_path(
+        os.path.join('runs', f'{sweep.name}-{identity}'))
+  try:
+    tradeoff_lib.run_sweep(sweep, base, sweep_dir)
+  except (tradeoff_lib.SweepError, run_dir_lib.RunDirError,
+          federated_data.DataError) as e:
+    raise cli.UserError(str(e)) from e
+
+
+if __name__ == '__main__':
+  cli.run_main('tradeoff', main, check_simulation_keys=False)

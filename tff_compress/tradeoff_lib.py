@@ -1,0 +1,364 @@
+"""Trade-off sweeps: a grid of configs -> runs -> table, CSV and frontier plots.
+
+A sweep config (see `configs/tradeoff.py`) names a base simulation config and
+one or more named grids. Each grid is a nested dict of axis values mirroring
+the simulation config (`grids.down.broadcast.bits = (32, 8, 2)`); a grid's
+cells are the Cartesian product of its axes, the sweep's cells are the union
+of all grids (deduplicated) times the seeds, plus the base config itself as
+the baseline. Every cell is a normal run directory under
+`<sweep dir>/cells/`, so a finished cell is skipped, an interrupted one
+resumes, and any cell can be inspected or exported.
+
+Library code: no flags. `tradeoff.py` is the binary.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+from typing import Optional, Sequence, TextIO
+
+import ml_collections
+
+from tff_compress import config_lib
+
+
+class SweepError(ValueError):
+  """The sweep config is invalid (message names the key)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One simulation of the sweep."""
+
+  grid: str
+  overrides: tuple  # ((key, value), ...) in axis order, without the seed
+  seed: int
+  config: ml_collections.ConfigDict
+
+  @property
+  def label(self) -> str:
+    parts = [f'{k}={v}' for k, v in self.overrides] or ['baseline']
+    return ', '.join(parts) + f' (seed {self.seed})'
+
+
+def default_sweep_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = 'tradeoff'
+  c.base = 'configs/caldas_mnist.py'
+  c.rounds = 0  # 0 keeps the base config's rounds
+  c.seeds = (0,)
+  c.parallel = 1
+  c.grids = ml_collections.ConfigDict()
+  return c
+
+
+def _axes_of(grid: ml_collections.ConfigDict) -> list[tuple[str, tuple]]:
+  axes = []
+  for key, values in config_lib.flatten(grid).items():
+    if not isinstance(values, (tuple, list)):
+      values = (values,)
+    axes.append((key, tuple(values)))
+  return axes
+
+
+def _set(config: ml_collections.ConfigDict, key: str, value) -> None:
+  node = config
+  *path, leaf = key.split('.')
+  for part in path:
+    node = node[part]
+  current = node[leaf]
+  if isinstance(current, float) and isinstance(value, int):
+    value = float(value)
+  node[leaf] = value
+
+
+def expand(sweep: ml_collections.ConfigDict,
+           base: ml_collections.ConfigDict) -> list[Cell]:
+  """All cells, each config validated; raises SweepError before any run."""
+  known = config_lib.flatten(config_lib.default_config())
+  if not sweep.seeds:
+    raise SweepError('sweep key \'seeds\' is empty')
+  if not isinstance(sweep.parallel, int) or sweep.parallel < 1:
+    raise SweepError(f'sweep key \'parallel\' is {sweep.parallel!r}; '
+                     'allowed: 1..')
+  if sweep.rounds < 0:
+    raise SweepError(f'sweep key \'rounds\' is {sweep.rounds}; allowed: 0..')
+  if not sweep.grids:
+    raise SweepError('sweep key \'grids\' declares no grid')
+  grids = [('baseline', ())]
+  for name, grid in sweep.grids.items():
+    axes = _axes_of(grid)
+    if not axes:
+      raise SweepError(f'grid {name!r} has no axes')
+    for key, values in axes:
+      if key not in known:
+        raise SweepError(f'grids.{name}.{key}: {key!r} is not a config key')
+      if not values:
+        raise SweepError(f'grids.{name}.{key} is an empty axis')
+      if key == 'seed':
+        raise SweepError(f'grids.{name}.seed: use the sweep key \'seeds\'')
+    for combo in itertools.product(*[v for _, v in axes]):
+      grids.append((name, tuple(zip([k for k, _ in axes], combo))))
+
+  cells, seen = [], set()
+  for (name, overrides), seed in itertools.product(grids, sweep.seeds):
+    cfg = ml_collections.ConfigDict(base.to_dict())
+    for key, value in overrides:
+      try:
+        _set(cfg, key, value)
+      except (TypeError, ValueError, KeyError) as e:
+        raise SweepError(f'grids.{name}.{key}={value!r}: {e}') from e
+    cfg.seed = seed
+    if sweep.rounds:
+      cfg.rounds = sweep.rounds
+      cfg.eval_every = min(cfg.eval_every, sweep.rounds)
+    try:
+      config_lib.validate(cfg)
+    except config_lib.ConfigError as e:
+      where = f'grid {name!r} cell {dict(overrides)}' if overrides else 'base'
+      raise SweepError(f'{where}: {e}') from e
+    identity = config_lib.config_hash(cfg)
+    if identity in seen:
+      continue
+    seen.add(identity)
+    cells.append(Cell(name, overrides, seed, cfg))
+  return cells
+
+
+def cell_dir(sweep_dir: str, cell: Cell) -> str:
+  return os.path.join(sweep_dir, 'cells',
+                      f'{cell.config.name}-{config_lib.config_hash(cell.config)}')
+
+
+def _run_cell(config_dict: dict, run_dir: str) -> dict:
+  """Runs one cell (in this or a spawned process); returns its summary."""
+  # pylint: disable=g-import-not-at-top
+  from absl import logging
+  import tensorflow as tf
+  from tff_compress import simulate_lib
+  # pylint: enable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  tf.get_logger().setLevel('ERROR')
+  config = ml_collections.ConfigDict(config_dict)
+  t0 = time.monotonic()
+  summary = simulate_lib.run(config, run_dir, out=io.StringIO())
+  summary['cell_wall_seconds'] = time.monotonic() - t0
+  return summary
+
+
+def run_sweep(sweep: ml_collections.ConfigDict,
+              base: ml_collections.ConfigDict, sweep_dir: str,
+              out: TextIO = sys.stdout) -> list[dict]:
+  """Runs every cell (resuming finished ones) and writes the results."""
+  cells = expand(sweep, base)
+  os.makedirs(sweep_dir, exist_ok=True)
+  with open(os.path.join(sweep_dir, 'sweep.json'), 'w') as f:
+    json.dump(sweep.to_dict(), f, indent=2, sort_keys=True, default=str)
+  print(f'sweep {sweep.name}: {len(cells)} cells, {sweep.parallel} at a time'
+        f' -> {sweep_dir}', file=out, flush=True)
+  summaries: list[Optional[dict]] = [None] * len(cells)
+  t_start = time.monotonic()
+  done = 0
+
+  def report(i):
+    nonlocal done
+    done += 1
+    elapsed = time.monotonic() - t_start
+    eta = elapsed / done * (len(cells) - done)
+    s = summaries[i]
+    print(f'[{done}/{len(cells)}] {cells[i].label}: accuracy '
+          f'{s["final_eval_accuracy"]:.4f}, '
+          f'{s["mean_bytes_down_per_client"]:,.0f} B down / '
+          f'{s["mean_bytes_up_per_client"]:,.0f} B up per client-round | '
+          f'cell {s["cell_wall_seconds"]:.0f} s | ETA {eta / 60:.1f} min',
+          file=out, flush=True)
+
+  if sweep.parallel == 1:
+    for i, cell in enumerate(cells):
+      summaries[i] = _run_cell(cell.config.to_dict(),
+                               cell_dir(sweep_dir, cell))
+      report(i)
+  else:
+    ctx = multiprocessing.get_context('spawn')
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=sweep.parallel, mp_context=ctx) as pool:
+      futures = {pool.submit(_run_cell, cell.config.to_dict(),
+                             cell_dir(sweep_dir, cell)): i
+                 for i, cell in enumerate(cells)}
+      for future in concurrent.futures.as_completed(futures):
+        i = futures[future]
+        summaries[i] = future.result()
+        report(i)
+
+  rows = aggregate(cells, summaries)
+  write_results(rows, sweep_dir)
+  print(f'results: {os.path.join(sweep_dir, "results.md")}', file=out,
+        flush=True)
+  return rows
+
+
+def aggregate(cells: Sequence[Cell], summaries: Sequence[dict]) -> list[dict]:
+  """One row per (grid, overrides): mean ± std over seeds, ratios vs base."""
+  groups: dict = {}
+  for cell, s in zip(cells, summaries):
+    groups.setdefault((cell.grid, cell.overrides), []).append(s)
+  base = groups[('baseline', ())]
+  base_down = _mean([s['mean_bytes_down_per_client'] for s in base])
+  base_up = _mean([s['mean_bytes_up_per_client'] for s in base])
+  base_flops = _mean([s['mean_client_flops'] for s in base])
+  rows = []
+  for (grid, overrides), runs in groups.items():
+    acc = [s['final_eval_accuracy'] for s in runs]
+    eps = [s['epsilon'] for s in runs if s.get('epsilon') is not None]
+    down = _mean([s['mean_bytes_down_per_client'] for s in runs])
+    up = _mean([s['mean_bytes_up_per_client'] for s in runs])
+    rows.append({
+        'grid': grid,
+        'setting': ', '.join(f'{k}={v}' for k, v in overrides) or 'baseline',
+        **{k: v for k, v in overrides},
+        'seeds': len(runs),
+        'accuracy_mean': _mean(acc),
+        'accuracy_std': _std(acc),
+        'bytes_down_per_client_round': down,
+        'bytes_up_per_client_round': up,
+        'bytes_down_total': _mean([s['total_bytes_down'] for s in runs]),
+        'bytes_up_total': _mean([s['total_bytes_up'] for s in runs]),
+        'down_ratio_vs_float32': _mean(
+            [s['compression_down_vs_float32'] for s in runs]),
+        'up_ratio_vs_float32': _mean(
+            [s['compression_up_vs_float32'] for s in runs]),
+        'down_ratio_vs_baseline': base_down / down,
+        'up_ratio_vs_baseline': base_up / up,
+        'client_flops_ratio_vs_baseline': _mean(
+            [s['mean_client_flops'] for s in runs]) / base_flops,
+        'epsilon': _mean(eps) if eps else None,
+        'wall_seconds': _mean([s['cell_wall_seconds'] for s in runs]),
+        'mean_round_seconds': _mean([s['mean_round_seconds'] for s in runs]),
+    })
+  return rows
+
+
+def _mean(xs):
+  xs = [float(x) for x in xs]
+  return sum(xs) / len(xs) if xs else float('nan')
+
+
+def _std(xs):
+  if len(xs) < 2:
+    return 0.0
+  m = _mean(xs)
+  return math.sqrt(sum((float(x) - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def pareto(points: Sequence[tuple[float, float]]) -> list[int]:
+  """Indices of points not dominated (lower cost and higher accuracy)."""
+  order = sorted(range(len(points)), key=lambda i: (points[i][0],
+                                                    -points[i][1]))
+  front, best = [], -math.inf
+  for i in order:
+    if points[i][1] > best:
+      front.append(i)
+      best = points[i][1]
+  return front
+
+
+def write_results(rows: Sequence[dict], sweep_dir: str) -> None:
+  """results.csv, results.md and the frontier plots."""
+  keys = []
+  for row in rows:
+    for k in row:
+      if k not in keys:
+        keys.append(k)
+  with open(os.path.join(sweep_dir, 'results.csv'), 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=keys)
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: ('' if row.get(k) is None else row.get(k))
+                       for k in keys})
+  base = next(r for r in rows if r['grid'] == 'baseline')
+  base_bytes = (base['bytes_down_per_client_round'] +
+                base['bytes_up_per_client_round'])
+  budgets = (1 / 64, 1 / 16, 1 / 4, 1.0, math.inf)
+
+  def budget(row):
+    fraction = (row['bytes_down_per_client_round'] +
+                row['bytes_up_per_client_round']) / base_bytes
+    return next(b for b in budgets if fraction <= b * 1.0001)
+
+  lines = [
+      '| budget (down+up vs baseline) | setting | accuracy | down B/client-round '
+      '| up B/client-round | down × | up × | client FLOPs × | ε | s/round |',
+      '|---|---|---|---|---|---|---|---|---|---|',
+  ]
+  for row in sorted(rows, key=lambda r: (budget(r), -r['accuracy_mean'])):
+    b = budget(row)
+    label = f'≤ 1/{round(1 / b)}' if b < 1 else ('≤ 1' if b == 1 else '> 1')
+    acc = f'{row["accuracy_mean"]:.4f}'
+    if row['seeds'] > 1:
+      acc += f' ± {row["accuracy_std"]:.4f}'
+    eps = '—' if row['epsilon'] is None else f'{row["epsilon"]:.2f}'
+    lines.append(
+        f'| {label} | {row["setting"]} | {acc} | '
+        f'{row["bytes_down_per_client_round"]:,.0f} | '
+        f'{row["bytes_up_per_client_round"]:,.0f} | '
+        f'{row["down_ratio_vs_baseline"]:.1f} | '
+        f'{row["up_ratio_vs_baseline"]:.1f} | '
+        f'{1 / row["client_flops_ratio_vs_baseline"]:.2f} | {eps} | '
+        f'{row["mean_round_seconds"]:.2f} |')
+  with open(os.path.join(sweep_dir, 'results.md'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  _plot(rows, sweep_dir)
+
+
+def _plot(rows: Sequence[dict], sweep_dir: str) -> None:
+  # pylint: disable=g-import-not-at-top
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  # pylint: enable=g-import-not-at-top
+  specs = (('bytes_up_per_client_round', 'uplink bytes per client-round',
+            'accuracy_vs_uplink_bytes.png', True),
+           ('bytes_down_per_client_round', 'downlink bytes per client-round',
+            'accuracy_vs_downlink_bytes.png', True),
+           ('epsilon', 'ε (at the config δ)', 'accuracy_vs_epsilon.png',
+            False))
+  for key, label, filename, log in specs:
+    pts = [(r[key], r['accuracy_mean'], r) for r in rows
+           if r.get(key) is not None]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    if not pts:
+      ax.text(0.5, 0.5, 'no cell reports this quantity\n(no DP cells in the '
+              'sweep)', ha='center', va='center', transform=ax.transAxes)
+    else:
+      xs = [p[0] for p in pts]
+      ys = [p[1] for p in pts]
+      errs = [p[2]['accuracy_std'] for p in pts]
+      ax.errorbar(xs, ys, yerr=errs, fmt='o', alpha=0.6, label='cells')
+      front = pareto(list(zip(xs, ys)))
+      fx = [xs[i] for i in front]
+      fy = [ys[i] for i in front]
+      ax.step(fx, fy, where='post', color='C3', label='Pareto frontier')
+      ax.plot(fx, fy, 'o', color='C3')
+      for p in pts:
+        if p[2]['grid'] == 'baseline':
+          ax.plot(p[0], p[1], '*', markersize=16, color='k',
+                  label='baseline')
+      if log:
+        ax.set_xscale('log')
+      ax.legend(loc='lower right')
+    ax.set_xlabel(label)
+    ax.set_ylabel('final eval accuracy')
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(sweep_dir, filename), dpi=90)
+    plt.close(fig)
