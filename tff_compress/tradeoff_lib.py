@@ -121,7 +121,9 @@ def expand(sweep: ml_collections.ConfigDict,
     cfg.seed = seed
     if sweep.rounds:
       cfg.rounds = sweep.rounds
-      cfg.eval_every = min(cfg.eval_every, sweep.rounds)
+    # A sweep compares final accuracy only: evaluate once, after the last
+    # round (evaluation does not change training).
+    cfg.eval_every = cfg.rounds
     try:
       config_lib.validate(cfg)
     except config_lib.ConfigError as e:
@@ -140,8 +142,36 @@ def cell_dir(sweep_dir: str, cell: Cell) -> str:
                       f'{cell.config.name}-{config_lib.config_hash(cell.config)}')
 
 
+def _finished_summary(config: ml_collections.ConfigDict,
+                      run_dir: str) -> Optional[dict]:
+  """The summary of a finished run of exactly `config` in `run_dir`, if any."""
+  try:
+    with open(os.path.join(run_dir, 'config.json')) as f:
+      same = json.load(f) == json.loads(config_lib.to_json(config))
+    with open(os.path.join(run_dir, 'summary.json')) as f:
+      summary = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if not same or summary.get('rounds') != config.rounds:
+    return None
+  try:
+    with open(os.path.join(run_dir, 'cell.json')) as f:
+      summary['cell_wall_seconds'] = json.load(f)['cell_wall_seconds']
+  except (OSError, ValueError, KeyError):
+    summary['cell_wall_seconds'] = summary['total_round_seconds']
+  return summary
+
+
 def _run_cell(config_dict: dict, run_dir: str) -> dict:
-  """Runs one cell (in this or a spawned process); returns its summary."""
+  """Runs one cell (in this or a spawned process); returns its summary.
+
+  A cell whose run directory already holds a finished run of the same config
+  is not started again (no TFF worker, no data loading).
+  """
+  config = ml_collections.ConfigDict(config_dict)
+  finished = _finished_summary(config, run_dir)
+  if finished is not None:
+    return finished
   # pylint: disable=g-import-not-at-top
   from absl import logging
   import tensorflow as tf
@@ -149,10 +179,11 @@ def _run_cell(config_dict: dict, run_dir: str) -> dict:
   # pylint: enable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   tf.get_logger().setLevel('ERROR')
-  config = ml_collections.ConfigDict(config_dict)
   t0 = time.monotonic()
   summary = simulate_lib.run(config, run_dir, out=io.StringIO())
   summary['cell_wall_seconds'] = time.monotonic() - t0
+  with open(os.path.join(run_dir, 'cell.json'), 'w') as f:
+    json.dump({'cell_wall_seconds': summary['cell_wall_seconds']}, f)
   return summary
 
 

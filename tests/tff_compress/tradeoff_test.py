@@ -40,6 +40,7 @@ class ExpandTest(absltest.TestCase):
     self.assertEqual(sum(c.grid == 'baseline' for c in cells), 2)
     self.assertEqual({c.seed for c in cells}, {0, 1})
     self.assertTrue(all(c.config.rounds == 2 for c in cells))
+    self.assertTrue(all(c.config.eval_every == 2 for c in cells))
     self.assertLen({config_lib.config_hash(c.config) for c in cells}, 8)
 
   def test_bad_sweeps_fail_before_running(self):
@@ -89,8 +90,10 @@ class SweepEndToEndTest(absltest.TestCase):
       self.assertTrue(os.path.exists(os.path.join(sweep_dir, name)), name)
     self.assertLen(os.listdir(os.path.join(sweep_dir, 'cells')), 5)
 
-    # Re-running resumes every finished cell and reproduces the table.
-    code, out, err = self._run(f'--sweep_dir={sweep_dir}')
+    # Re-running (here with a process pool) skips every finished cell and
+    # reproduces the table.
+    code, out, err = self._run(f'--sweep_dir={sweep_dir}',
+                               '--config.parallel=2')
     self.assertEqual(code, 0, err[-2000:])
     with open(os.path.join(sweep_dir, 'results.csv'), newline='') as f:
       again = list(csv.DictReader(f))
