@@ -135,9 +135,13 @@ class HadamardStage(Stage):
 class KashinStage(Stage):
   """Kashin's representation over randomized-Hadamard tight frames.
 
-  Lyubarskii & Vershynin (2010): with a tight frame U (c x F, F > c; here
-  the first c rows of H D for an F x F randomized Hadamard matrix), every x
-  has coefficients a with U a = x and ||a||_inf <= K ||x||_2 / sqrt(F). We
+  Lyubarskii & Vershynin (2010): with a tight frame U (c x F, F > c), every
+  x has coefficients a with U a = x and ||a||_inf <= K ||x||_2 / sqrt(F).
+  U is the first c rows of (H E H D)^T for random sign diagonals D, E: one
+  randomized Hadamard matrix is not enough, because zero-padding x at the end
+  of a Sylvester-ordered H makes the coefficients repeat in blocks (exactly
+  duplicated when c <= F/2), which gives no flatter coefficients than the
+  plain rotation; the second rotation removes that structure. We
   compute them as tfmot does: `iterations - 1` rounds of "analyse the
   residual, clip at level L, add, re-synthesise", L shrinking by `eta`, then
   one unclipped round so U a = x exactly (decode is exact, linear).
@@ -180,17 +184,27 @@ class KashinStage(Stage):
     return chunks * f
 
   def _analyse(self, r, signs, f):
+    """a = H E H D pad(r): the frame analysis (coefficients of r)."""
     c = r.shape[1]
-    return fwht(tf.pad(r, [[0, 0], [0, f - c]]) * signs)
+    d, e = signs
+    return fwht(fwht(tf.pad(r, [[0, 0], [0, f - c]]) * d) * e)
 
   def _synthesise(self, a, signs, c):
-    return (fwht(a) * signs)[:, :c]
+    """x = (D H E H a)[:c], the adjoint (M is orthonormal: a tight frame)."""
+    d, e = signs
+    return (fwht(fwht(a) * e) * d)[:, :c]
+
+  def _signs(self, chunks, f, seed):
+    return tuple(
+        tf.reshape(random_signs(
+            chunks * f, tf.random.experimental.stateless_fold_in(seed, k)),
+                   [chunks, f]) for k in (0, 1))
 
   def encode(self, x, seed):
     n = x.shape[0]
     chunks, c, f = self._geometry(n)
     xs = tf.reshape(tf.pad(x, [[0, chunks * c - n]]), [chunks, c])
-    signs = tf.reshape(random_signs(chunks * f, seed), [chunks, f])
+    signs = self._signs(chunks, f, seed)
     level = self.clip_level * tf.norm(xs, axis=1, keepdims=True) / math.sqrt(c)
     coefficients = tf.zeros([chunks, f], tf.float32)
     residual = xs
@@ -204,7 +218,7 @@ class KashinStage(Stage):
 
   def decode(self, encoded, n, seed):
     chunks, c, f = self._geometry(n)
-    signs = tf.reshape(random_signs(chunks * f, seed), [chunks, f])
+    signs = self._signs(chunks, f, seed)
     a = tf.reshape(encoded['values'], [chunks, f])
     return tf.reshape(self._synthesise(a, signs, c), [-1])[:n]
 
