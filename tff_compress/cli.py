@@ -37,27 +37,21 @@ def fail(program: str, message: str) -> None:
   sys.exit(USAGE_EXIT)
 
 
-def _chdir_for_relative_paths(program: str,
-                              argv: Sequence[str]) -> list[str]:
+def _resolve_config_path(program: str, argv: Sequence[str]) -> list[str]:
   """`bazel run` starts in the runfiles tree; configs are user paths.
 
-  Rewrites `--config=relative/path.py` to an absolute path against the
-  directory the user ran `bazel run` from (or the workspace for configs/).
+  Rewrites `--config=relative/path.py` to the existing file it names (see
+  `run_dir.find_input_file`); a missing file is a one-line error.
   """
-  base = os.environ.get('BUILD_WORKING_DIRECTORY')
-  workspace = os.environ.get('BUILD_WORKSPACE_DIRECTORY')
+  # pylint: disable=g-import-not-at-top
+  from tff_compress.program import run_dir as run_dir_lib
+  # pylint: enable=g-import-not-at-top
   out = []
   for arg in argv:
     if arg.startswith('--config=') and not arg.startswith('--config.'):
       path = arg[len('--config='):]
       spec, colon, rest = path.partition(':')
-      if not os.path.isabs(spec):
-        candidates = [os.path.join(d, spec) for d in (base, workspace) if d]
-        candidates.append(os.path.abspath(spec))
-        for c in candidates:
-          if os.path.exists(c):
-            spec = c
-            break
+      spec = run_dir_lib.find_input_file(spec)
       if not os.path.isfile(spec):
         fail(program, f'config file not found: {path}')
       arg = f'--config={spec}{colon}{rest}'
@@ -96,7 +90,7 @@ def run_main(program: str, main: Callable[[Sequence[str]], None],
   """`app.run` with flag and config errors reported as one line, exit 2."""
 
   def parse(argv):
-    argv = _chdir_for_relative_paths(program, argv)
+    argv = _resolve_config_path(program, argv)
     if check_simulation_keys:
       _check_override_keys(program, argv)
     try:

@@ -22,17 +22,14 @@ _SWEEP_DIR = flags.DEFINE_string(
 
 
 def _validate_sweep(sweep):
-  known = set(cli_config_keys())
+  """Top-level sweep keys only; cells are validated by `tradeoff_lib`."""
+  from tff_compress import tradeoff_lib  # pylint: disable=g-import-not-at-top
+  known = set(tradeoff_lib.default_sweep_config().keys())
   extra = set(sweep.keys()) - known
   if extra:
     raise cli.UserError(f'unknown sweep key {sorted(extra)[0]!r}; keys: '
                         f'{", ".join(sorted(known))}')
   return sweep
-
-
-def cli_config_keys():
-  from tff_compress import tradeoff_lib  # pylint: disable=g-import-not-at-top
-  return tradeoff_lib.default_sweep_config().keys()
 
 
 def main(argv):
@@ -47,13 +44,9 @@ def main(argv):
   from tff_compress.data import federated_data
   from tff_compress.program import run_dir as run_dir_lib
   # pylint: enable=g-import-not-at-top
-  base_path = run_dir_lib.resolve_user_path(sweep.base)
-  if not os.path.isfile(base_path):
-    workspace = os.environ.get('BUILD_WORKSPACE_DIRECTORY', '')
-    if workspace and os.path.isfile(os.path.join(workspace, sweep.base)):
-      base_path = os.path.join(workspace, sweep.base)
   try:
-    base = config_lib.load_config_file(base_path)
+    base = config_lib.load_config_file(
+        run_dir_lib.find_input_file(sweep.base))
   except config_lib.ConfigError as e:
     raise cli.UserError(f'sweep key \'base\': {e}') from e
   if _SWEEP_DIR.value:

@@ -49,6 +49,22 @@ def resolve_user_path(path: str) -> str:
   return os.path.join(base, path)
 
 
+def find_input_file(path: str) -> str:
+  """An existing input file named by the user, or `path` if none matches.
+
+  Relative paths are tried against the directory `bazel run` came from, then
+  the workspace (for the repository's `configs/`), then the process cwd.
+  """
+  path = os.path.expanduser(path)
+  if os.path.isabs(path):
+    return path
+  for base in (os.environ.get('BUILD_WORKING_DIRECTORY'),
+               os.environ.get('BUILD_WORKSPACE_DIRECTORY'), os.getcwd()):
+    if base and os.path.isfile(os.path.join(base, path)):
+      return os.path.join(base, path)
+  return path
+
+
 def prepare(run_dir: str, config: ml_collections.ConfigDict) -> bool:
   """Creates `run_dir` or checks it holds this config; True if resuming."""
   config_path = os.path.join(run_dir, 'config.json')
