@@ -191,8 +191,8 @@ def _wait_ready(stub, worker: Optional[LocalWorker], target: str) -> None:
     time.sleep(0.1)
 
 
-def _make_context(stubs_and_workers):
-  """A synchronous TFF context executing on the given worker stubs."""
+def _make_context(stub, worker: Optional[LocalWorker], target: str):
+  """A synchronous TFF context executing on one worker's stub."""
   # pylint: disable=g-import-not-at-top
   from tensorflow_federated.python.core.backends.native import compiler
   from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
@@ -201,8 +201,6 @@ def _make_context(stubs_and_workers):
   from tensorflow_federated.python.core.impl.executors import remote_executor
   from tensorflow_federated.python.core.impl.types import placements
   # pylint: enable=g-import-not-at-top
-
-  (stub, worker, target), = stubs_and_workers
 
   def stack_fn(cardinalities):
     if worker is not None and not worker.alive():
@@ -251,7 +249,7 @@ def local_context(log_dir: Optional[str] = None) -> Iterator[LocalWorker]:
     channel = grpc.insecure_channel(worker.target, GRPC_CHANNEL_OPTIONS)
     stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel)
     _wait_ready(stub, worker, worker.target)
-    context = _make_context([(stub, worker, worker.target)])
+    context = _make_context(stub, worker, worker.target)
     with context_stack_impl.context_stack.install(context):
       yield worker
   finally:
