@@ -45,6 +45,7 @@ CLIENT_WORKS: dict[str, Callable] = {
     'sgd': _sgd_client_work,
 }
 
+
 def build_distributor(cfg, model_weights_type):
   """The float32 broadcast, or the encoded one when `broadcast.*` compresses."""
   codec = encoded.CodecConfig.from_config('broadcast', cfg.broadcast)
@@ -59,6 +60,7 @@ def build_aggregator(cfg):
   if codec.is_identity:
     return aggregators.build_mean()
   return encoded.EncodedMeanFactory(codec, seed=cfg.seed)
+
 
 # (cfg) -> tff.learning.optimizers.Optimizer; 'sgd' with lr 1 is FedAvg,
 # 'adam' is FedAdam (Reddi et al. 2021).
