@@ -74,6 +74,16 @@ def default_config() -> ml_collections.ConfigDict:
     c[section].bits = 32
     c[section].subsample = 1.0
     c[section].min_size = 1000
+
+  # Federated Dropout (Caldas et al. 2018): each client trains a submodel
+  # keeping a fraction `keep` of the units/filters of every hidden layer;
+  # `per_layer` overrides it per layer ('conv1=0.75,dense1=0.5'). Masks are
+  # drawn per client (`per_client`) or shared by all clients of a round
+  # (`per_round`). keep=1 and no per_layer = plain FedAvg.
+  c.dropout = ml_collections.ConfigDict()
+  c.dropout.keep = 1.0
+  c.dropout.per_layer = ''
+  c.dropout.mask = 'per_client'
   return c
 
 
@@ -174,6 +184,9 @@ def _rules() -> dict[str, _Rule]:
   }
   for section in ('broadcast', 'uplink'):
     rules[f'{section}.min_size'] = _int_range(0)
+  rules['dropout.keep'] = _float_range(0.0, 1.0, lo_open=True)
+  rules['dropout.per_layer'] = _Rule(_str_type)
+  rules['dropout.mask'] = _choice(('per_client', 'per_round'))
   for key, options in _registries().items():
     rules[key] = _choice(options)
   return rules
@@ -189,6 +202,28 @@ def _check_codecs(config) -> None:
                           config_prefix=section)
     except factory.CodecError as e:
       raise ConfigError(f'config key {e}') from e
+
+
+def _check_dropout(config) -> None:
+  """`dropout.per_layer` must name droppable layers of `model.name`."""
+  if config.dropout.keep == 1.0 and not config.dropout.per_layer.strip():
+    return
+  # pylint: disable=g-import-not-at-top
+  from tff_compress.dropout import submodel
+  from tff_compress.models import registry as model_registry
+  # pylint: enable=g-import-not-at-top
+  # Layer names do not depend on the input shape or the number of classes.
+  model = model_registry.build_model(config.model.name, (28, 28, 1), 10)
+  try:
+    fractions = submodel.keep_fractions(
+        model, config.dropout.keep,
+        submodel.parse_per_layer(config.dropout.per_layer))
+    submodel.build_plan(model, fractions)
+  except submodel.SubmodelError as e:
+    msg = str(e)
+    if not msg.startswith('config key'):
+      msg = f"config key 'dropout.keep' cannot apply: {msg}"
+    raise ConfigError(msg) from e
 
 
 def flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
@@ -220,6 +255,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if problem:
       raise ConfigError(f'config key {key!r} {problem}')
   _check_codecs(config)
+  _check_dropout(config)
   return config
 
 

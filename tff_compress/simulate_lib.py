@@ -145,7 +145,8 @@ def run(
   resuming = run_dir_lib.prepare(run_dir, config)
   data = data_registry.build_federated_data(config.data, seed=config.seed)
   task = task_lib.build_task(config.model.name, data, seed=config.seed)
-  process = process_lib.build_learning_process(config, task)
+  training = process_lib.build_training(config, task)
+  process = training.process
   evaluation = process_lib.build_evaluation(task)
   eval_datasets = _eval_datasets(data, config.eval_clients)
   metrics_csv = run_dir_lib.MetricsCsv(os.path.join(run_dir, 'metrics.csv'))
@@ -163,6 +164,14 @@ def run(
       f'{task.num_params:,} params, '
       f'{task.train_flops_per_example / 1e6:.2f} MFLOPs/example to train',
       file=out, flush=True)
+  if training.plan is not None:
+    sub = training.client_task
+    print(
+        f'federated dropout ({config.dropout.mask} masks): clients train '
+        + ', '.join(f'{k} {v}' for k, v in training.plan.widths.items())
+        + f' | {sub.num_params:,} params, '
+        f'{task.train_flops_per_example / sub.train_flops_per_example:.2f}x '
+        'fewer FLOPs/example', file=out, flush=True)
 
   with runtime.local_context(log_dir=run_dir):
     state = process.initialize()
@@ -189,8 +198,8 @@ def run(
             epochs=config.client.epochs,
             shuffle_seed=shuffle_seed(config.seed, round_num, int(index))))
         flops.append(config.client.epochs * len(y) *
-                     task.train_flops_per_example)
-      output = process.next(state, datasets)
+                     training.client_task.train_flops_per_example)
+      output = process.next(state, training.client_inputs(datasets))
       state = output.state
       m = output.metrics
       row = {
@@ -233,7 +242,8 @@ def run(
 
   np.savez(os.path.join(run_dir, 'final_weights.npz'),
            *_flat_weights(final_weights))
-  summary = _summarize(config, task, metrics_csv.read())
+  summary = _summarize(config, task, metrics_csv.read(),
+                       client_params=training.client_task.num_params)
   run_dir_lib.write_json(os.path.join(run_dir, 'summary.json'), summary)
   run_dir_lib.plot_curves(
       os.path.join(run_dir, 'metrics.csv'),
@@ -243,7 +253,8 @@ def run(
   return summary
 
 
-def _summarize(config, task: task_lib.Task, rows: list[dict]) -> dict:
+def _summarize(config, task: task_lib.Task, rows: list[dict],
+               client_params: int) -> dict:
   evals = [r for r in rows if r['eval_accuracy']]
   down = [int(r['bytes_down']) for r in rows]
   up = [int(r['bytes_up']) for r in rows]
@@ -267,6 +278,7 @@ def _summarize(config, task: task_lib.Task, rows: list[dict]) -> dict:
       'mean_client_flops': float(np.mean([float(r['client_flops'])
                                           for r in rows])) if rows else None,
       'model_params': task.num_params,
+      'client_model_params': client_params,
       'epsilon': None,
       'total_round_seconds': sum(float(r['round_seconds']) for r in rows),
       'mean_round_seconds': float(np.mean([float(r['round_seconds'])

@@ -134,6 +134,23 @@ class SimulateTest(absltest.TestCase):
     self.assertIn('client.learning_rate', lines[0])
     self.assertEqual(_rows(self.ref_dir), before)
 
+  def test_federated_dropout_run(self):
+    d = os.path.join(absltest.get_default_test_tmpdir(), 'dropout')
+    summary = simulate_lib.run(
+        _smoke_config(rounds=2, **{'dropout.keep': 0.5}), d, out=io.StringIO())
+    ref = _rows(self.ref_dir)[:2]
+    rows = _rows(d)
+    # dense: 784 -> 64 -> 10; half of dense1's units: ~half the FLOPs/bytes.
+    for row, base in zip(rows, ref):
+      self.assertEqual(row['clients'], base['clients'])
+      ratio = float(base['client_flops']) / float(row['client_flops'])
+      self.assertBetween(ratio, 1.9, 2.1)
+      self.assertBetween(int(base['bytes_down']) / int(row['bytes_down']),
+                         1.9, 2.1)
+    self.assertEqual(summary['client_model_params'], 784 * 32 + 32 + 330)
+    self.assertEqual(summary['model_params'], 784 * 64 + 64 + 650)
+    self.assertGreater(summary['final_eval_accuracy'], 0.15)  # chance: 0.1
+
   def test_bad_configs_get_one_line_errors(self):
     cases = {
         '--config.rounds=0': "'rounds'",
@@ -146,6 +163,8 @@ class SimulateTest(absltest.TestCase):
         '--config.broadcast.bits=0': 'broadcast.bits',
         '--config.uplink.subsample=1.5': 'uplink.subsample',
         '--config.uplink.transform=fft': 'kashin',
+        '--config.dropout.keep=0': 'dropout.keep',
+        '--config.dropout.per_layer=conv1=0.5': 'dense1',
     }
     for flag, expected in cases.items():
       child = _simulate(flag, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Mapping, Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -21,6 +21,9 @@ class Task:
   input_spec: object
   num_params: int
   train_flops_per_example: int
+  # widths -> the same model with other hidden widths (Federated Dropout).
+  keras_model_builder: Optional[Callable[[Mapping[str, int]],
+                                         tf.keras.Model]] = None
 
   def model_fn(self) -> tff.learning.models.VariableModel:
     return tff.learning.models.from_keras_model(
@@ -30,14 +33,32 @@ class Task:
         metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')],
     )
 
+  def with_widths(self, widths: Mapping[str, int]) -> 'Task':
+    """The task of the submodel with these hidden-layer widths."""
+    if self.keras_model_builder is None:
+      raise ValueError('this task cannot build submodels')
+    widths = dict(widths)
+    builder = self.keras_model_builder
+
+    def keras_model_fn():
+      return builder(widths)
+
+    probe = keras_model_fn()
+    return Task(keras_model_fn, self.input_spec, flops.count_params(probe),
+                flops.training_flops_per_example(probe), builder)
+
 
 def build_task(model_name: str, data: federated_data.FederatedData,
                seed: int) -> Task:
   """The registered model `model_name` for `data`'s input and classes."""
 
-  def keras_model_fn():
+  def keras_model_builder(widths):
     return model_registry.build_model(
-        model_name, data.input_shape, data.num_classes, seed=seed)
+        model_name, data.input_shape, data.num_classes, seed=seed,
+        **({'widths': dict(widths)} if widths else {}))
+
+  def keras_model_fn():
+    return keras_model_builder({})
 
   probe = keras_model_fn()
   return Task(
@@ -45,4 +66,5 @@ def build_task(model_name: str, data: federated_data.FederatedData,
       input_spec=federated_data.element_spec(data.input_shape),
       num_params=flops.count_params(probe),
       train_flops_per_example=flops.training_flops_per_example(probe),
+      keras_model_builder=keras_model_builder,
   )

@@ -8,28 +8,42 @@ with 62 classes (EMNIST) it has 1,690,046 parameters; with 10 classes
 
 from __future__ import annotations
 
+from typing import Mapping, Optional
+
 import tensorflow as tf
+
+# Units (filters) of the hidden layers; `widths` overrides them by layer name
+# (Federated Dropout submodels are the same network with fewer units).
+HIDDEN = {'conv1': 32, 'conv2': 64, 'dense1': 512}
 
 
 def build_caldas_cnn(
-    input_shape: tuple[int, ...], num_classes: int, seed: int = 0
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    seed: int = 0,
+    widths: Optional[Mapping[str, int]] = None,
 ) -> tf.keras.Model:
   """Returns the (uncompiled) Caldas CNN; the output layer emits logits."""
   init = tf.keras.initializers.GlorotUniform
+  w = {**HIDDEN, **(widths or {})}
+  unknown = set(w) - set(HIDDEN)
+  if unknown:
+    raise ValueError(f'caldas_cnn has no hidden layer {sorted(unknown)}; '
+                     f'hidden layers: {sorted(HIDDEN)}')
   return tf.keras.Sequential(
       [
           tf.keras.layers.InputLayer(input_shape=input_shape),
           tf.keras.layers.Conv2D(
-              32, 5, padding='same', activation='relu', name='conv1',
+              w['conv1'], 5, padding='same', activation='relu', name='conv1',
               kernel_initializer=init(seed=seed)),
           tf.keras.layers.MaxPool2D(2, name='pool1'),
           tf.keras.layers.Conv2D(
-              64, 5, padding='same', activation='relu', name='conv2',
+              w['conv2'], 5, padding='same', activation='relu', name='conv2',
               kernel_initializer=init(seed=seed + 1)),
           tf.keras.layers.MaxPool2D(2, name='pool2'),
           tf.keras.layers.Flatten(name='flatten'),
           tf.keras.layers.Dense(
-              512, activation='relu', name='dense1',
+              w['dense1'], activation='relu', name='dense1',
               kernel_initializer=init(seed=seed + 2)),
           tf.keras.layers.Dense(
               num_classes, name='logits',

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 import tensorflow as tf
 
@@ -12,8 +12,19 @@ def build_dense(
     num_classes: int,
     hidden: Sequence[int] = (64,),
     seed: int = 0,
+    widths: Optional[Mapping[str, int]] = None,
 ) -> tf.keras.Model:
-  """Flatten -> ReLU dense layers of widths `hidden` -> logits."""
+  """Flatten -> ReLU dense layers of widths `hidden` -> logits.
+
+  `widths` overrides units by layer name ('dense1', ...), as Federated
+  Dropout submodels need.
+  """
+  names = [f'dense{i + 1}' for i in range(len(hidden))]
+  unknown = set(widths or {}) - set(names)
+  if unknown:
+    raise ValueError(f'dense has no hidden layer {sorted(unknown)}; '
+                     f'hidden layers: {names}')
+  hidden = [(widths or {}).get(n, h) for n, h in zip(names, hidden)]
   init = tf.keras.initializers.GlorotUniform
   layers = [
       tf.keras.layers.InputLayer(input_shape=input_shape),

@@ -1,0 +1,212 @@
+"""The Federated Dropout process through the TFF runtime: exact maths, bytes."""
+
+import collections
+
+from absl.testing import absltest
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tests.tff_compress.learning import learning_testing
+from tff_compress import config_lib
+from tff_compress import runtime
+from tff_compress.dropout import submodel
+from tff_compress.learning import dropout_process
+from tff_compress.learning import encoded
+from tff_compress.learning import process
+from tff_compress.learning import task as task_lib
+from tff_compress.models import registry as model_registry
+from tff_compress.data import federated_data
+from tff_compress.models import flops
+
+SEED = 11
+
+
+def _task(hidden=(12, 8)) -> task_lib.Task:
+  def builder(widths):
+    return model_registry.build_model(
+        'dense', learning_testing.SHAPE, 10, hidden=hidden, seed=1,
+        widths=dict(widths))
+  probe = builder({})
+  return task_lib.Task(lambda: builder({}),
+                       federated_data.element_spec(learning_testing.SHAPE),
+                       flops.count_params(probe),
+                       flops.training_flops_per_example(probe), builder)
+
+
+def _cfg(keep=0.5, mask='per_client', k=3):
+  cfg = config_lib.default_config()
+  cfg.model.name = 'dense'
+  cfg.seed = SEED
+  cfg.clients_per_round = k
+  cfg.client.learning_rate = 0.1
+  cfg.dropout.keep = keep
+  cfg.dropout.mask = mask
+  return cfg
+
+
+def _handmade_client_work(sub_weights_type, data_type):
+  """Update = (client's example count) in every coordinate, weight = count."""
+
+  @tff.tensorflow.computation(data_type)
+  def count(dataset):
+    return dataset.reduce(tf.constant(0.0), lambda n, b: n + tf.cast(
+        tf.shape(b['y'])[0], tf.float32))
+
+  @tff.tensorflow.computation(sub_weights_type.trainable, np.float32)
+  def fill(like, n):
+    return tf.nest.map_structure(lambda t: tf.fill(tf.shape(t), n), like)
+
+  @tff.federated_computation()
+  def init():
+    return tff.federated_value((), tff.SERVER)
+
+  @tff.federated_computation(
+      init.type_signature.result,
+      tff.FederatedType(sub_weights_type, tff.CLIENTS),
+      tff.FederatedType(data_type, tff.CLIENTS))
+  def next_fn(state, weights, data):
+    n = tff.federated_map(count, data)
+    update = tff.federated_map(fill, (weights.trainable, n))
+    return tff.templates.MeasuredProcessOutput(
+        state, tff.federated_zip(
+            tff.learning.templates.ClientResult(update, n)),
+        tff.federated_value((), tff.SERVER))
+
+  return tff.learning.templates.ClientWorkProcess(init, next_fn)
+
+
+def _flat(weights):
+  return [np.asarray(w) for w in tf.nest.flatten(weights)]
+
+
+class DropoutProcessTest(absltest.TestCase):
+
+  def test_count_average_is_exact_on_handmade_updates(self):
+    """u_j = sum_i n_i m_ij n_i / sum_i n_i m_ij; untrained keep their value."""
+    task = _task()
+    cfg = _cfg(keep=0.4)
+    plan = process.dropout_plan(cfg, task)
+    initial = process.build_initial_weights_fn(task)
+    sub_type = process.build_initial_weights_fn(
+        task.with_widths(plan.widths)).type_signature.result
+    data_type = tff.SequenceType(tff.types.tensorflow_to_type(
+        task.input_spec))
+    lp = dropout_process.build_dropout_process(
+        initial_weights_fn=initial, plan=plan, sub_model_weights_type=sub_type,
+        client_work=_handmade_client_work(sub_type, data_type),
+        finalizer=tff.learning.templates.build_apply_optimizer_finalizer(
+            tff.learning.optimizers.build_sgdm(1.0),
+            initial.type_signature.result),
+        broadcast=encoded.CodecConfig('broadcast'),
+        uplink=encoded.CodecConfig('uplink'), seed=SEED,
+        clients_per_round=3, per_client_masks=True,
+        client_data_type=data_type)
+    sizes = [3, 10, 5]
+    with runtime.local_context():
+      state = lp.initialize()
+      before = _flat(lp.get_model_weights(state).trainable)
+      out = lp.next(state, dropout_process.client_inputs(
+          learning_testing.random_datasets(sizes), per_client_masks=True))
+      after = _flat(lp.get_model_weights(out.state).trainable)
+
+    num = [np.zeros_like(w) for w in before]
+    den = [np.zeros_like(w) for w in before]
+    for slot, n in enumerate(sizes):
+      kept = plan.kept_indices(submodel.mask_seed(SEED, 1, slot))
+      for j, c in enumerate(plan.coverage(kept)):
+        num[j] += n * c.numpy() * n
+        den[j] += n * c.numpy()
+    untrained = 0
+    for b, a, s, c in zip(before, after, num, den):
+      expected = np.where(c > 0, s / np.maximum(c, 1e-30), 0.0)
+      np.testing.assert_allclose(b - a, expected, rtol=1e-6, atol=1e-6)
+      np.testing.assert_array_equal(a[c == 0], b[c == 0])
+      untrained += int((c == 0).sum())
+    self.assertGreater(untrained, 0)  # the test covers untouched coordinates
+    self.assertAlmostEqual(
+        float(out.metrics['aggregator']['untrained_fraction']),
+        untrained / sum(w.size for w in before), places=6)
+
+  def test_bytes_are_those_of_the_submodel(self):
+    task = _task()
+    training = process.build_training(_cfg(keep=0.5), task)
+    sub_params = training.client_task.num_params
+    self.assertLess(sub_params, task.num_params / 2)
+    with runtime.local_context():
+      out = training.process.next(
+          training.process.initialize(),
+          training.client_inputs(learning_testing.random_datasets([4, 6, 5])))
+    self.assertEqual(int(out.metrics['distributor']['bytes_down']),
+                     3 * 4 * sub_params)
+    self.assertEqual(int(out.metrics['aggregator']['bytes_up']),
+                     3 * (4 * sub_params + 4))
+
+  def test_per_round_masks_are_shared(self):
+    task = _task()
+    cfg = _cfg(keep=0.5, mask='per_round', k=4)
+    training = process.build_training(cfg, task)
+    plan = training.plan
+    with runtime.local_context():
+      out = training.process.next(
+          training.process.initialize(),
+          training.client_inputs(learning_testing.random_datasets([4] * 4)))
+    cover = plan.coverage(plan.kept_indices(submodel.mask_seed(SEED, 1, 0)))
+    total = sum(int(c.numpy().size) for c in cover)
+    untrained = sum(int((c.numpy() == 0).sum()) for c in cover)
+    self.assertAlmostEqual(
+        float(out.metrics['aggregator']['untrained_fraction']),
+        untrained / total, places=6)
+
+  def test_keep_one_is_plain_fedavg_bit_for_bit(self):
+    task = _task()
+    cfg = _cfg(keep=1.0)
+    training = process.build_training(cfg, task)
+    self.assertIsNone(training.plan)
+    plain = process.build_learning_process(cfg, task)
+    # The dropout process itself with every unit kept: same maths.
+    full_plan = submodel.build_plan(task.keras_model_fn(), {})
+    forced, _ = process.build_dropout_learning_process(cfg, task, full_plan)
+    data = learning_testing.random_datasets([12, 30, 7])
+    with runtime.local_context():
+      s_a, s_b, s_c = (training.process.initialize(), plain.initialize(),
+                       forced.initialize())
+      for _ in range(2):
+        s_a = training.process.next(s_a, training.client_inputs(data)).state
+        s_b = plain.next(s_b, data).state
+        s_c = forced.next(
+            s_c, dropout_process.client_inputs(data, True)).state
+      a = _flat(training.process.get_model_weights(s_a))
+      b = _flat(plain.get_model_weights(s_b))
+      c = _flat(forced.get_model_weights(s_c))
+    # Routed to the plain process, and the dropout process with every unit
+    # kept computes the very same bits (gather/scatter of all indices and
+    # sum/count equal MeanFactory's weighted mean here).
+    for x, y, z in zip(a, b, c):
+      np.testing.assert_array_equal(x, y)
+      np.testing.assert_array_equal(z, y)
+
+  def test_composes_with_codecs(self):
+    task = _task(hidden=(64,))
+    cfg = _cfg(keep=0.75)
+    cfg.broadcast.bits = 8
+    cfg.uplink.transform = 'hadamard'
+    cfg.uplink.bits = 2
+    cfg.broadcast.min_size = cfg.uplink.min_size = 100
+    training = process.build_training(cfg, task)
+    plain_cfg = _cfg(keep=0.75)
+    plain = process.build_training(plain_cfg, task)
+    data = training.client_inputs(learning_testing.random_datasets([8, 8, 8]))
+    with runtime.local_context():
+      out = training.process.next(training.process.initialize(), data)
+      ref = plain.process.next(plain.process.initialize(), data)
+      w = _flat(training.process.get_model_weights(out.state))
+    self.assertTrue(all(np.isfinite(x).all() for x in w))
+    down = int(out.metrics['distributor']['bytes_down'])
+    up = int(out.metrics['aggregator']['bytes_up'])
+    self.assertLess(down, int(ref.metrics['distributor']['bytes_down']) / 3.5)
+    self.assertLess(up, int(ref.metrics['aggregator']['bytes_up']) / 10)
+
+
+if __name__ == '__main__':
+  absltest.main()
