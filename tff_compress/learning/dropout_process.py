@@ -2,8 +2,9 @@
 
 Per round, with K clients and a `SubmodelPlan` (see `tff_compress.dropout`):
 
-1. **Select** — each client holds a mask key (its slot 0..K-1 for
-   `dropout.mask=per_client`, 0 for `per_round`). `tff.federated_select`
+1. **Select** — each client holds its slot 0..K-1 in the round; its mask
+   key is the slot (`dropout.mask=per_client`) or 0 (`per_round`).
+   `tff.federated_select`
    evaluates `select_fn(server weights + round, key)` on the server for each
    key and sends every client only its own submodel, encoded with the
    broadcast codec when one is configured. `bytes_down` counts exactly what
@@ -11,8 +12,9 @@ Per round, with K clients and a `SubmodelPlan` (see `tff_compress.dropout`):
 2. **Train** — the configured client work (TFF's model-delta SGD, or DP-SGD)
    runs on the *submodel*: a real smaller Keras model, so its FLOPs shrink.
 3. **Uplink** — the submodel update is encoded with the uplink codec
-   (`bytes_up` counts the payload plus the weight), then decoded as the
-   server would.
+   (`bytes_up` counts the payload plus the weight; the quantization seed
+   derives from the slot, so clients sharing a mask still draw independent
+   noise), then decoded as the server would.
 4. **Scatter and count-average** — decoded updates are scattered into the
    global shape and averaged per coordinate by the total weight of the
    clients that trained it: ``u_j = sum_i w_i m_ij u_ij / sum_i w_i m_ij``
@@ -88,7 +90,7 @@ def build_dropout_process(
 
   Returns:
     A `tff.learning.templates.LearningProcess` whose `next` takes, per client,
-    ``OrderedDict(key=int32[1], data=dataset)``.
+    ``OrderedDict(key=int32[1] slot, data=dataset)`` (see `client_inputs`).
   """
   model_weights_type = initial_weights_fn.type_signature.result
   global_type = model_weights_type.trainable
@@ -135,10 +137,10 @@ def build_dropout_process(
     return weights, payload.tensor_bytes(message)
 
   @tff.tensorflow.computation(sub_trainable_type, np.int64, np.int32)
-  def encode_up(update, round_num, key):
+  def encode_up(update, round_num, slot):
     if up_coder is None:
       return update
-    s = codec_seed(round_num, key, 2)
+    s = codec_seed(round_num, slot, 2)
     return collections.OrderedDict(payload=up_coder.encode(update, s), seed=s)
 
   up_message_type = encode_up.type_signature.result
@@ -193,13 +195,18 @@ def build_dropout_process(
                               data=client_data_type), tff.CLIENTS)
 
   @tff.tensorflow.computation(tff.TensorType(np.int32, (1,)))
-  def scalar_key(keys):
+  def mask_keys_of(slots):
+    return slots if per_client_masks else tf.zeros_like(slots)
+
+  @tff.tensorflow.computation(tff.TensorType(np.int32, (1,)))
+  def scalar(keys):
     return keys[0]
 
   @tff.federated_computation(init_fn.type_signature.result, client_input_type)
   def next_fn(state, client_input):
     round_num = state.distributor
-    keys = client_input.key
+    slots = client_input.key
+    keys = tff.federated_map(mask_keys_of, slots)
     max_key = tff.federated_value(max_key_value, tff.SERVER)
     received = tff.federated_select(
         keys, max_key,
@@ -209,10 +216,11 @@ def build_dropout_process(
     sub_weights, down_bytes = tff.federated_map(receive, received)
     cw_out = client_work.next(state.client_work, sub_weights,
                               client_input.data)
-    key = tff.federated_map(scalar_key, keys)
+    key = tff.federated_map(scalar, keys)
+    slot = tff.federated_map(scalar, slots)
     round_at_clients = tff.federated_broadcast(round_num)
     message = tff.federated_map(
-        encode_up, (cw_out.result.update, round_at_clients, key))
+        encode_up, (cw_out.result.update, round_at_clients, slot))
     up_bytes = tff.federated_map(
         bytes_up_of, (message, cw_out.result.update_weight))
     weighted, counts = tff.federated_map(
@@ -253,8 +261,7 @@ def build_dropout_process(
       init_fn, next_fn, get_model_weights, set_model_weights)
 
 
-def client_inputs(datasets, per_client_masks: bool) -> list:
-  """Per-client `next` inputs: the mask key (slot or 0) beside the data."""
-  return [collections.OrderedDict(
-      key=np.array([slot if per_client_masks else 0], np.int32), data=ds)
+def client_inputs(datasets) -> list:
+  """Per-client `next` inputs: the client's slot in the round beside its data."""
+  return [collections.OrderedDict(key=np.array([slot], np.int32), data=ds)
           for slot, ds in enumerate(datasets)]

@@ -49,13 +49,12 @@ class Training:
   process: tff.learning.templates.LearningProcess
   client_task: task_lib.Task  # the model a client trains (a submodel?)
   plan: Optional[submodel_lib.SubmodelPlan] = None
-  per_client_masks: bool = True
 
   def client_inputs(self, datasets: list) -> list:
     """`process.next`'s client data for the sampled clients, in slot order."""
     if self.plan is None:
       return list(datasets)
-    return dropout_process.client_inputs(datasets, self.per_client_masks)
+    return dropout_process.client_inputs(datasets)
 
 
 def dropout_plan(cfg, task: task_lib.Task
@@ -106,8 +105,7 @@ def build_training(cfg, task: task_lib.Task) -> Training:
   if plan is None:
     return Training(build_learning_process(cfg, task), task)
   process, sub_task = build_dropout_learning_process(cfg, task, plan)
-  return Training(process, sub_task, plan,
-                  per_client_masks=cfg.dropout.mask == 'per_client')
+  return Training(process, sub_task, plan)
 
 
 def build_evaluation(task: task_lib.Task):

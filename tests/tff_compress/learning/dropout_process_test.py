@@ -107,7 +107,7 @@ class DropoutProcessTest(absltest.TestCase):
       state = lp.initialize()
       before = _flat(lp.get_model_weights(state).trainable)
       out = lp.next(state, dropout_process.client_inputs(
-          learning_testing.random_datasets(sizes), per_client_masks=True))
+          learning_testing.random_datasets(sizes)))
       after = _flat(lp.get_model_weights(out.state).trainable)
 
     num = [np.zeros_like(w) for w in before]
@@ -175,7 +175,7 @@ class DropoutProcessTest(absltest.TestCase):
         s_a = training.process.next(s_a, training.client_inputs(data)).state
         s_b = plain.next(s_b, data).state
         s_c = forced.next(
-            s_c, dropout_process.client_inputs(data, True)).state
+            s_c, dropout_process.client_inputs(data)).state
       a = _flat(training.process.get_model_weights(s_a))
       b = _flat(plain.get_model_weights(s_b))
       c = _flat(forced.get_model_weights(s_c))

@@ -1,0 +1,38 @@
+"""Federated Dropout sweep: accuracy vs keep fraction, alone and with codecs.
+
+On the embedded task (configs/caldas_mnist.py: Caldas CNN, 50 non-IID
+clients, 10 per round), 30 rounds, seeds 0 and 1:
+  alone:    dropout.keep {1, 0.875, 0.75, 0.625, 0.5}                (5 cells)
+  combined: dropout.keep {0.875, 0.75, 0.625, 0.5} x broadcast {4, 3}-bit
+            (no transform) x uplink 1-bit Hadamard                   (8 cells)
+13 cells x 2 seeds. Results: docs/results/dropout/ and docs/BENCHMARKS.md.
+"""
+
+import ml_collections
+
+from tff_compress import tradeoff_lib
+
+KEEPS = (1.0, 0.875, 0.75, 0.625, 0.5)
+
+
+def get_config():
+  c = tradeoff_lib.default_sweep_config()
+  c.name = 'tradeoff_dropout'
+  c.base = 'configs/caldas_mnist.py'
+  c.rounds = 30
+  c.seeds = (0, 1)
+  c.parallel = 1
+  c.grids = ml_collections.ConfigDict()
+  c.grids.alone = ml_collections.ConfigDict()
+  c.grids.alone.dropout = ml_collections.ConfigDict()
+  c.grids.alone.dropout.keep = KEEPS
+  g = c.grids.combined = ml_collections.ConfigDict()
+  g.dropout = ml_collections.ConfigDict()
+  g.dropout.keep = KEEPS[1:]
+  g.broadcast = ml_collections.ConfigDict()
+  g.broadcast.transform = ('none',)
+  g.broadcast.bits = (4, 3)
+  g.uplink = ml_collections.ConfigDict()
+  g.uplink.transform = ('hadamard',)
+  g.uplink.bits = (1,)
+  return c
