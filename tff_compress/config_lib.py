@@ -34,6 +34,13 @@ def default_config() -> ml_collections.ConfigDict:
   # always after the last round), over `eval_clients` test clients.
   c.eval_every = 5
   c.eval_clients = 10
+  # The federated algorithm: 'fedavg' (TFF learning process: FedAvg and
+  # everything composed around it), 'fedgkt' (group knowledge transfer,
+  # `gkt.*`; `model.name` is the large network the server trains) or
+  # 'fedavg_bn' (FedAvg averaging every model variable, batch-norm
+  # statistics included: the baseline for batch-norm models such as
+  # FedGKT's ResNets). tff_compress/gkt/ implements the last two.
+  c.algorithm = 'fedavg'
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'mnist_embedded'
@@ -84,6 +91,55 @@ def default_config() -> ml_collections.ConfigDict:
   c.dropout.keep = 1.0
   c.dropout.per_layer = ''
   c.dropout.mask = 'per_client'
+
+  # Differential privacy (tff_compress/privacy/). mode: none; user =
+  # DP-FedAvg (clip each client's update to `clip`, Gaussian noise of std
+  # noise_multiplier * clip on the sum, uniform client weights; `adaptive`
+  # clipping tracks the `target_quantile` of update norms, starting at
+  # `clip`); sample = local DP-SGD (per-microbatch clip `clip`, noise
+  # noise_multiplier * clip; `microbatches` per batch, 0 = one per example).
+  # epsilon is reported at `delta`. Updates with non-finite entries or L2
+  # norm > zeroing_norm are zeroed before the DP aggregation.
+  c.dp = ml_collections.ConfigDict()
+  c.dp.mode = 'none'
+  c.dp.noise_multiplier = 1.0
+  c.dp.clip = 1.0
+  c.dp.adaptive = False
+  c.dp.target_quantile = 0.5
+  c.dp.clip_learning_rate = 0.2
+  c.dp.delta = 1e-5
+  c.dp.microbatches = 0
+  c.dp.zeroing_norm = 100.0
+
+  # Secure aggregation of the uplink (tff.aggregators.SecureSumFactory):
+  # coordinates clipped to [-range, range] and stochastically rounded to
+  # `bits`-bit signed integers; the server only sees their sum.
+  c.secagg = ml_collections.ConfigDict()
+  c.secagg.enabled = False
+  c.secagg.bits = 16
+  c.secagg.range = 1.0
+
+  # FedGKT (He et al. 2020; algorithm='fedgkt'). Defaults are FedML's
+  # released recipe. Clients train the edge model `edge_model` for
+  # client.epochs epochs (batch client.batch_size) on CE + alpha * KD_T
+  # against the server's logits; the server trains for `server_epochs`
+  # (batch `server_batch_size`) on the uploaded feature maps with CE + beta *
+  # KD_T against the clients' logits. Optimizers: adam | sgdm (momentum 0.9)
+  # | sgd, with L2 `weight_decay`. Feature maps are sent as float32 (bits=32)
+  # or stochastically quantized to `bits` bits (1..8, 16) per sample.
+  c.gkt = ml_collections.ConfigDict()
+  c.gkt.edge_model = 'resnet8'
+  c.gkt.temperature = 3.0
+  c.gkt.alpha = 1.0
+  c.gkt.beta = 1.0
+  c.gkt.client_optimizer = 'adam'
+  c.gkt.client_learning_rate = 0.001
+  c.gkt.server_optimizer = 'adam'
+  c.gkt.server_learning_rate = 0.001
+  c.gkt.server_epochs = 20
+  c.gkt.server_batch_size = 256
+  c.gkt.weight_decay = 1e-4
+  c.gkt.bits = 32
   return c
 
 
@@ -140,6 +196,37 @@ def _clients_per_round(v, c):
   return None
 
 
+def _microbatches(v, c):
+  problem = _int_range(0).check(v, c)
+  if problem:
+    return problem
+  if c.dp.mode == 'sample' and v and c.client.batch_size % v:
+    return (f'is {v}; client.batch_size ({c.client.batch_size}) must be '
+            'divisible by it (0 = one example per microbatch)')
+  return None
+
+
+def _check_privacy(config) -> None:
+  """Combinations of `dp.*` / `secagg.*` that no mechanism implements."""
+  dp = config.dp
+  if dp.mode == 'user' and dp.adaptive and dp.noise_multiplier > 0:
+    # TFF spends part of the budget on the private quantile estimate, with
+    # count noise 0.05 K; it needs noise_multiplier < 2 * 0.05 K.
+    if dp.noise_multiplier >= 0.1 * config.clients_per_round:
+      raise ConfigError(
+          f"config key 'dp.noise_multiplier' is {dp.noise_multiplier}; with "
+          'dp.adaptive=true it must be < 0.1 * clients_per_round '
+          f'({0.1 * config.clients_per_round:g})')
+  if config.secagg.enabled:
+    uplink = config.uplink
+    if (uplink.transform, uplink.bits, uplink.subsample) != ('none', 32, 1.0):
+      raise ConfigError(
+          "config key 'secagg.enabled' is true with a compressing uplink "
+          'codec; the secure sum needs values that add up as integers, the '
+          'codec decodes per client: set uplink.transform=none, '
+          'uplink.bits=32, uplink.subsample=1.0 (secagg.bits sets the width)')
+
+
 def _registries() -> dict[str, Sequence[str]]:
   # Imported lazily: the registries import TensorFlow.
   # pylint: disable=g-import-not-at-top
@@ -187,6 +274,21 @@ def _rules() -> dict[str, _Rule]:
   rules['dropout.keep'] = _float_range(0.0, 1.0, lo_open=True)
   rules['dropout.per_layer'] = _Rule(_str_type)
   rules['dropout.mask'] = _choice(('per_client', 'per_round'))
+  rules.update({
+      'dp.mode': _choice(('none', 'user', 'sample')),
+      'dp.noise_multiplier': _float_range(0.0),
+      'dp.clip': _float_range(0.0, lo_open=True),
+      'dp.adaptive': _Rule(_bool_type),
+      'dp.target_quantile': _float_range(0.0, 1.0, lo_open=True,
+                                         hi_open=True),
+      'dp.clip_learning_rate': _float_range(0.0),
+      'dp.delta': _float_range(0.0, 1.0, lo_open=True, hi_open=True),
+      'dp.microbatches': _Rule(_microbatches),
+      'dp.zeroing_norm': _float_range(0.0, lo_open=True),
+      'secagg.enabled': _Rule(_bool_type),
+      'secagg.bits': _int_range(2, 24),
+      'secagg.range': _float_range(0.0, lo_open=True),
+  })
   for key, options in _registries().items():
     rules[key] = _choice(options)
   return rules
@@ -256,6 +358,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise ConfigError(f'config key {key!r} {problem}')
   _check_codecs(config)
   _check_dropout(config)
+  _check_privacy(config)
   return config
 
 

@@ -195,6 +195,7 @@ def _make_context(stub, worker: Optional[LocalWorker], target: str):
   """A synchronous TFF context executing on one worker's stub."""
   # pylint: disable=g-import-not-at-top
   from tensorflow_federated.python.core.backends.native import compiler
+  from tensorflow_federated.python.core.backends.test import compiler as test_compiler
   from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
   from tensorflow_federated.python.core.impl.execution_contexts import sync_execution_context
   from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
@@ -215,9 +216,17 @@ def _make_context(stub, worker: Optional[LocalWorker], target: str):
   factory = python_executor_stacks.ResourceManagingExecutorFactory(
       executor_stack_fn=stack_fn
   )
+
+  def compile_fn(comp):
+    # The C++ worker has no secure-sum intrinsic; like TFF's test context,
+    # simulate it by a plain sum that asserts the declared bounds (a no-op
+    # for computations without secure sums; see privacy/secure.py).
+    comp = test_compiler.replace_secure_intrinsics_with_bodies(comp)
+    return compiler.desugar_and_transform_to_native(comp)
+
   return sync_execution_context.SyncExecutionContext(
       executor_fn=factory,
-      compiler_fn=compiler.desugar_and_transform_to_native,
+      compiler_fn=compile_fn,
       transform_args=tensorflow_computation.transform_args,
       transform_result=tensorflow_computation.transform_result,
   )

@@ -27,6 +27,7 @@ from tff_compress.data import federated_data
 from tff_compress.data import registry as data_registry
 from tff_compress.learning import process as process_lib
 from tff_compress.learning import task as task_lib
+from tff_compress.privacy import accounting
 from tff_compress.program import run_dir as run_dir_lib
 
 _EVAL_BATCH = 100
@@ -80,7 +81,9 @@ class Progress:
         f'round {r:>4}/{self.rounds} | train loss {row["train_loss"]:.4f}'
         f' acc {row["train_accuracy"]:.4f} | {acc_s} | down'
         f' {row["bytes_down"] / 1e6:8.2f} MB up {row["bytes_up"] / 1e6:8.2f} MB'
-        f' | {row["round_seconds"]:6.2f} s | ETA {_hms(eta)}',
+        f' | {row["round_seconds"]:6.2f} s | ETA {_hms(eta)}'
+        + (f' | ε {row["epsilon"]:.3g}' if row.get('epsilon') is not None
+           else ''),
         file=self.out, flush=True)
 
 
@@ -155,6 +158,8 @@ def run(
       checkpoint_dir, prefix=_CKPT_PREFIX, keep_total=2)
   tb_writer = tf.summary.create_file_writer(os.path.join(run_dir, 'tb'))
   client_ids = data.client_ids
+  accountant = accounting.RunAccountant.from_config(
+      config, [data.client_size(c) for c in client_ids])
 
   print(
       f'run dir {run_dir}\n'
@@ -185,6 +190,8 @@ def run(
       metrics_csv.truncate_after(version)
     progress = Progress(config.rounds, out, start)
     eval_state = evaluation.initialize()
+    participations = participation_counts(
+        len(client_ids), config.clients_per_round, config.seed, start - 1)
 
     for round_num in range(start, config.rounds + 1):
       t0 = time.monotonic()
@@ -202,6 +209,7 @@ def run(
       output = process.next(state, training.client_inputs(datasets))
       state = output.state
       m = output.metrics
+      participations[picked] += 1
       row = {
           'round': round_num,
           'train_loss': float(m['client_work']['train']['loss']),
@@ -223,6 +231,11 @@ def run(
         row['eval_loss'] = float(current['loss'])
         row['eval_accuracy'] = float(current['accuracy'])
       row['round_seconds'] = time.monotonic() - t0
+      # Privacy spent so far (outside the timed span: RDP accounting of
+      # sampling without replacement takes ~0.3 s).
+      row['epsilon'] = accountant.epsilon(round_num, participations)
+      if 'zeroed' in m['aggregator']:
+        row['zeroed'] = int(m['aggregator']['zeroed'])
 
       # CSV first, then the checkpoint: a crash in between re-runs this round.
       # SIGINT/SIGTERM wait until both are written.
@@ -242,8 +255,10 @@ def run(
 
   np.savez(os.path.join(run_dir, 'final_weights.npz'),
            *_flat_weights(final_weights))
-  summary = _summarize(config, task, metrics_csv.read(),
+  rows = metrics_csv.read()
+  summary = _summarize(config, task, rows,
                        client_params=training.client_task.num_params)
+  summary.update(_privacy_summary(accountant, rows, participations))
   run_dir_lib.write_json(os.path.join(run_dir, 'summary.json'), summary)
   run_dir_lib.plot_curves(
       os.path.join(run_dir, 'metrics.csv'),
@@ -283,6 +298,28 @@ def _summarize(config, task: task_lib.Task, rows: list[dict],
       'total_round_seconds': sum(float(r['round_seconds']) for r in rows),
       'mean_round_seconds': float(np.mean([float(r['round_seconds'])
                                            for r in rows])) if rows else None,
+  }
+
+
+def participation_counts(num_clients: int, per_round: int, seed: int,
+                         rounds: int) -> np.ndarray:
+  """How many of rounds 1..`rounds` each client was sampled in."""
+  counts = np.zeros(num_clients, np.int64)
+  for r in range(1, rounds + 1):
+    counts[sample_clients(num_clients, per_round, seed, r)] += 1
+  return counts
+
+
+def _privacy_summary(accountant: accounting.RunAccountant, rows: list[dict],
+                     participations: np.ndarray) -> dict:
+  """`epsilon` after the last round, what it means, and zeroed updates."""
+  if accountant.mode == 'none' or not rows:
+    return {}
+  zeroed = [int(r['zeroed']) for r in rows if r.get('zeroed') not in (None, '')]
+  return {
+      'epsilon': float(rows[-1]['epsilon']),
+      'privacy': accountant.statement(len(rows), participations),
+      'zeroed_updates': sum(zeroed) if zeroed else None,
   }
 
 

@@ -13,17 +13,33 @@ import tensorflow_federated as tff
 from tff_compress.learning import aggregators
 from tff_compress.learning import distributors
 from tff_compress.learning import encoded
+from tff_compress.privacy import dpsgd
+from tff_compress.privacy import factories as dp_factories
+
+
+def client_weighting(cfg) -> tff.learning.ClientWeighting:
+  """Example-weighted FedAvg; uniform with DP or secure aggregation.
+
+  DP-FedAvg is unweighted (a client's example count is data-dependent and
+  would scale its influence past the clip), and the secure sum adds
+  integer codes of a fixed range, so both average clients uniformly.
+  """
+  if cfg.dp.mode != 'none' or cfg.secagg.enabled:
+    return tff.learning.ClientWeighting.UNIFORM
+  return tff.learning.ClientWeighting.NUM_EXAMPLES
 
 
 def _sgd_client_work(cfg, task, model_weights_type):
-  del model_weights_type
+  """Local SGD; each step is DP-SGD (privacy/dpsgd.py) if dp.mode=sample."""
+  if cfg.dp.mode == 'sample':
+    return dpsgd.build_dpsgd_client_work(cfg, task, model_weights_type)
   optimizer = tff.learning.optimizers.build_sgdm(
       learning_rate=cfg.client.learning_rate,
       momentum=cfg.client.momentum or None)
   return tff.learning.templates.build_model_delta_client_work(
       model_fn=task.model_fn,
       optimizer=optimizer,
-      client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES)
+      client_weighting=client_weighting(cfg))
 
 
 def _sgd_server(cfg):
@@ -55,7 +71,16 @@ def build_distributor(cfg, model_weights_type):
 
 
 def build_aggregator(cfg):
-  """Weighted mean of updates, through the `uplink.*` codec if it compresses."""
+  """Weighted mean of updates, through the `uplink.*` codec if it compresses.
+
+  With `dp.mode=user`: DP-FedAvg (zeroing -> DP clip+noise -> uplink codec
+  under the decoded-norm bound, or the secure sum); with `secagg.enabled`
+  alone: the secure sum of integer-quantized updates.
+  """
+  if cfg.dp.mode == 'user':
+    return dp_factories.build_user_dp_aggregator(cfg)
+  if cfg.secagg.enabled:
+    return dp_factories.build_secure_mean(cfg)
   codec = encoded.CodecConfig.from_config('uplink', cfg.uplink)
   if codec.is_identity:
     return aggregators.build_mean()

@@ -24,7 +24,7 @@ from tff_compress import config_lib
 METRICS_COLUMNS = (
     'round', 'train_loss', 'train_accuracy', 'eval_loss', 'eval_accuracy',
     'bytes_down', 'bytes_up', 'client_flops', 'epsilon', 'clients',
-    'round_seconds',
+    'round_seconds', 'zeroed',
 )
 
 
