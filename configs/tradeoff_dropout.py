@@ -2,10 +2,11 @@
 
 On the embedded task (configs/caldas_mnist.py: Caldas CNN, 50 non-IID
 clients, 10 per round), 30 rounds, seeds 0 and 1:
-  alone:    dropout.keep {1, 0.875, 0.75, 0.625, 0.5}                (5 cells)
-  combined: dropout.keep {0.875, 0.75, 0.625, 0.5} x broadcast {4, 3}-bit
-            (no transform) x uplink 1-bit Hadamard                   (8 cells)
-13 cells x 2 seeds. Results: docs/results/dropout/ and docs/BENCHMARKS.md.
+  alone:      dropout.keep {1, 0.875, 0.75, 0.625, 0.5}              (5 cells)
+  no_rescale: dropout.keep 0.75 without activation rescaling          (1 cell)
+  combined:   dropout.keep {0.75, 0.625, 0.5} x broadcast {4, 3}-bit
+              (no transform) x uplink 1-bit Hadamard                 (6 cells)
+12 cells x 2 seeds. Results: docs/results/dropout/ and docs/BENCHMARKS.md.
 """
 
 import ml_collections
@@ -26,9 +27,13 @@ def get_config():
   c.grids.alone = ml_collections.ConfigDict()
   c.grids.alone.dropout = ml_collections.ConfigDict()
   c.grids.alone.dropout.keep = KEEPS
+  g = c.grids.no_rescale = ml_collections.ConfigDict()
+  g.dropout = ml_collections.ConfigDict()
+  g.dropout.keep = (0.75,)
+  g.dropout.rescale = (False,)
   g = c.grids.combined = ml_collections.ConfigDict()
   g.dropout = ml_collections.ConfigDict()
-  g.dropout.keep = KEEPS[1:]
+  g.dropout.keep = KEEPS[2:]
   g.broadcast = ml_collections.ConfigDict()
   g.broadcast.transform = ('none',)
   g.broadcast.bits = (4, 3)

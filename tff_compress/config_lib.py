@@ -23,6 +23,10 @@ class ConfigError(ValueError):
   """A config value is missing, of the wrong type or out of range."""
 
 
+# Values of `algorithm`; `simulate_lib.run` dispatches on them.
+ALGORITHMS = ('fedavg', 'fedavg_bn', 'fedgkt')
+
+
 def default_config() -> ml_collections.ConfigDict:
   """All keys with their defaults (FedAvg on the embedded MNIST digits)."""
   c = ml_collections.ConfigDict()
@@ -91,6 +95,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.dropout.keep = 1.0
   c.dropout.per_layer = ''
   c.dropout.mask = 'per_client'
+  # Multiply a dropped layer's activations by n/k while a client trains its
+  # submodel (inverted dropout / HeteroFL's scaler); the full model is
+  # evaluated unscaled.
+  c.dropout.rescale = True
 
   # Differential privacy (tff_compress/privacy/). mode: none; user =
   # DP-FedAvg (clip each client's update to `clip`, Gaussian noise of std
@@ -119,6 +127,28 @@ def default_config() -> ml_collections.ConfigDict:
   c.secagg.bits = 16
   c.secagg.range = 1.0
 
+  # Client faults (tff_compress/faults/; README "Client faults"). Per round
+  # and sampled client, seeded by (seed, round, client): it never reports
+  # with probability drop_prob; a reporting client sends a NaN update with
+  # probability nan_prob or one of L2 norm huge_norm with probability
+  # huge_prob. The server samples ceil(K * (1 + over_select)) clients and
+  # aggregates the first K reports by simulated latency (seconds, log-normal
+  # latency_median * exp(latency_sigma * z) + seconds_per_example * local
+  # examples) arriving within `deadline` (0 = none); a round with fewer than
+  # min_reports reports is skipped (model unchanged). With any of these set,
+  # updates that are non-finite or have L2 norm > dp.zeroing_norm are zeroed.
+  c.faults = ml_collections.ConfigDict()
+  c.faults.drop_prob = 0.0
+  c.faults.nan_prob = 0.0
+  c.faults.huge_prob = 0.0
+  c.faults.huge_norm = 1e6
+  c.faults.over_select = 0.0
+  c.faults.deadline = 0.0
+  c.faults.latency_median = 10.0
+  c.faults.latency_sigma = 0.5
+  c.faults.seconds_per_example = 0.0
+  c.faults.min_reports = 1
+
   # FedGKT (He et al. 2020; algorithm='fedgkt'). Defaults are FedML's
   # released recipe. Clients train the edge model `edge_model` for
   # client.epochs epochs (batch client.batch_size) on CE + alpha * KD_T
@@ -140,6 +170,19 @@ def default_config() -> ml_collections.ConfigDict:
   c.gkt.server_batch_size = 256
   c.gkt.weight_decay = 1e-4
   c.gkt.bits = 32
+
+  # Where the run executes, not what it computes: excluded from the run's
+  # identity (`identity`), so a run may resume on other workers. `workers`:
+  # 'host:port,...' of remote TFF workers (`tff_compress.worker`), '' = one
+  # private local worker. `worker_data_dir`: where this driver writes the
+  # client-data store the workers read ('' = ~/.cache/tff_compress/worker,
+  # the workers' default --data_dir). Timeouts in seconds: reaching every
+  # worker at start; each gRPC call (0 = no deadline).
+  c.runtime = ml_collections.ConfigDict()
+  c.runtime.workers = ''
+  c.runtime.worker_data_dir = ''
+  c.runtime.connect_timeout = 30.0
+  c.runtime.rpc_timeout = 0.0
   return c
 
 
@@ -196,6 +239,15 @@ def _clients_per_round(v, c):
   return None
 
 
+def _min_reports(v, c):
+  problem = _int_range(1).check(v, c)
+  if problem:
+    return problem
+  if v > c.clients_per_round:
+    return f'is {v}; allowed: 1..clients_per_round ({c.clients_per_round})'
+  return None
+
+
 def _microbatches(v, c):
   problem = _int_range(0).check(v, c)
   if problem:
@@ -227,15 +279,41 @@ def _check_privacy(config) -> None:
           'uplink.bits=32, uplink.subsample=1.0 (secagg.bits sets the width)')
 
 
+def _feature_bits(v, _):
+  from tff_compress.encoders import factory  # pylint: disable=g-import-not-at-top
+  if isinstance(v, bool) or v not in factory.BITS:
+    return (f'is {v!r}; allowed: {", ".join(map(str, factory.BITS))} '
+            '(32 = float32)')
+  return None
+
+
+def _workers(v, c):
+  if not isinstance(v, str):
+    return f'must be a string, got {v!r}'
+  from tff_compress import runtime  # pylint: disable=g-import-not-at-top
+  try:
+    runtime.parse_workers(v)
+  except runtime.WorkerAddressError as e:
+    return f'is {v!r}: {e}; allowed: host:port,host:port'
+  if v.strip() and c.algorithm == 'fedgkt':
+    return 'applies to algorithm fedavg/fedavg_bn only; leave it empty'
+  return None
+
+
 def _registries() -> dict[str, Sequence[str]]:
   # Imported lazily: the registries import TensorFlow.
   # pylint: disable=g-import-not-at-top
   from tff_compress.data import registry as data_registry
   from tff_compress.data import partition
+  from tff_compress.gkt import process as gkt_process
+  from tff_compress.gkt import training as gkt_training
   from tff_compress.learning import registry as learning_registry
   from tff_compress.models import registry as model_registry
   # pylint: enable=g-import-not-at-top
   return {
+      'gkt.edge_model': sorted(gkt_process.EDGE_MODELS),
+      'gkt.client_optimizer': sorted(gkt_training.OPTIMIZERS),
+      'gkt.server_optimizer': sorted(gkt_training.OPTIMIZERS),
       'data.name': sorted(data_registry.DATASETS),
       'data.partition': sorted(partition.PARTITIONERS),
       'model.name': sorted(model_registry.MODELS),
@@ -274,6 +352,13 @@ def _rules() -> dict[str, _Rule]:
   rules['dropout.keep'] = _float_range(0.0, 1.0, lo_open=True)
   rules['dropout.per_layer'] = _Rule(_str_type)
   rules['dropout.mask'] = _choice(('per_client', 'per_round'))
+  rules['dropout.rescale'] = _Rule(_bool_type)
+  rules.update({
+      'runtime.workers': _Rule(_workers),
+      'runtime.worker_data_dir': _Rule(_str_type),
+      'runtime.connect_timeout': _float_range(0.0, lo_open=True),
+      'runtime.rpc_timeout': _float_range(0.0),
+  })
   rules.update({
       'dp.mode': _choice(('none', 'user', 'sample')),
       'dp.noise_multiplier': _float_range(0.0),
@@ -288,6 +373,30 @@ def _rules() -> dict[str, _Rule]:
       'secagg.enabled': _Rule(_bool_type),
       'secagg.bits': _int_range(2, 24),
       'secagg.range': _float_range(0.0, lo_open=True),
+  })
+  rules.update({
+      'faults.drop_prob': _float_range(0.0, 1.0),
+      'faults.nan_prob': _float_range(0.0, 1.0),
+      'faults.huge_prob': _float_range(0.0, 1.0),
+      'faults.huge_norm': _float_range(0.0, lo_open=True),
+      'faults.over_select': _float_range(0.0),
+      'faults.deadline': _float_range(0.0),
+      'faults.latency_median': _float_range(0.0, lo_open=True),
+      'faults.latency_sigma': _float_range(0.0),
+      'faults.seconds_per_example': _float_range(0.0),
+      'faults.min_reports': _Rule(_min_reports),
+  })
+  rules.update({
+      'algorithm': _choice(ALGORITHMS),
+      'gkt.temperature': _float_range(0.0, lo_open=True),
+      'gkt.alpha': _float_range(0.0),
+      'gkt.beta': _float_range(0.0),
+      'gkt.client_learning_rate': _float_range(0.0, lo_open=True),
+      'gkt.server_learning_rate': _float_range(0.0, lo_open=True),
+      'gkt.server_epochs': _int_range(1),
+      'gkt.server_batch_size': _int_range(1),
+      'gkt.weight_decay': _float_range(0.0),
+      'gkt.bits': _Rule(_feature_bits),
   })
   for key, options in _registries().items():
     rules[key] = _choice(options)
@@ -304,6 +413,65 @@ def _check_codecs(config) -> None:
                           config_prefix=section)
     except factory.CodecError as e:
       raise ConfigError(f'config key {e}') from e
+
+
+def _check_algorithm(config) -> None:
+  """Keys that only `algorithm=fedavg` implements; fedgkt's large model."""
+  if config.algorithm == 'fedavg':
+    return
+  from tff_compress.gkt import process as gkt_process  # pylint: disable=g-import-not-at-top
+  defaults = default_config()
+  only_fedavg = ['client.work', 'dropout.keep', 'dropout.per_layer',
+                 'dp.mode', 'secagg.enabled', 'faults.drop_prob',
+                 'faults.nan_prob', 'faults.huge_prob', 'faults.over_select',
+                 'faults.deadline']
+  for section in ('broadcast', 'uplink'):
+    only_fedavg += [f'{section}.transform', f'{section}.bits',
+                    f'{section}.subsample']
+  values, default_values = flatten(config), flatten(defaults)
+  for key in only_fedavg:
+    if values[key] != default_values[key]:
+      hint = ('; FedGKT compresses its uploads with gkt.bits'
+              if key.startswith(('broadcast.', 'uplink.')) else '')
+      raise ConfigError(
+          f'config key {key!r} is {values[key]!r}; it applies to '
+          f'algorithm=fedavg only (algorithm is {config.algorithm!r}: leave '
+          f'it at {default_values[key]!r}{hint})')
+  if config.algorithm == 'fedgkt':
+    if config.model.name not in gkt_process.SERVER_DEPTHS:
+      raise ConfigError(
+          f"config key 'model.name' is {config.model.name!r}; "
+          'algorithm=fedgkt splits one of: '
+          f'{", ".join(sorted(gkt_process.SERVER_DEPTHS))}')
+
+
+def _check_faults(config) -> None:
+  """`faults.*` combinations: probabilities, pool size, DP, dropout."""
+  f = config.faults
+  if f.nan_prob + f.huge_prob > 1:
+    raise ConfigError(
+        f"config key 'faults.huge_prob' is {f.huge_prob}; faults.nan_prob + "
+        f'faults.huge_prob must be <= 1 (nan_prob is {f.nan_prob})')
+  from tff_compress.faults import schedule  # pylint: disable=g-import-not-at-top
+  sampled = schedule.FaultSpec.from_config(f).num_sampled(
+      config.clients_per_round)
+  if config.data.name != 'emnist' and sampled > config.data.num_clients:
+    raise ConfigError(
+        f"config key 'faults.over_select' is {f.over_select}; it samples "
+        f'ceil(clients_per_round * (1 + over_select)) = {sampled} clients, '
+        f'allowed: at most data.num_clients ({config.data.num_clients})')
+  if config.dp.mode == 'user' and f.over_select:
+    raise ConfigError(
+        f"config key 'faults.over_select' is {f.over_select}; allowed: 0 "
+        "with dp.mode='user' (its epsilon assumes clients_per_round sampled "
+        'clients per round)')
+  plan_dropout = config.dropout.keep != 1.0 or config.dropout.per_layer.strip()
+  if plan_dropout and (f.nan_prob or f.huge_prob):
+    key = 'faults.nan_prob' if f.nan_prob else 'faults.huge_prob'
+    raise ConfigError(
+        f'config key {key!r} is {f[key.split(".")[1]]}; allowed: 0 with '
+        'Federated Dropout (dropout.keep < 1 or dropout.per_layer), whose '
+        'scatter-average has no zeroing stage for poisoned updates')
 
 
 def _check_dropout(config) -> None:
@@ -357,8 +525,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if problem:
       raise ConfigError(f'config key {key!r} {problem}')
   _check_codecs(config)
+  _check_algorithm(config)
   _check_dropout(config)
   _check_privacy(config)
+  _check_faults(config)
   return config
 
 
@@ -372,11 +542,22 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
+# Sections saying where a run executes; not part of its identity.
+EXECUTION_SECTIONS = ('runtime',)
+
+
+def identity(config: ml_collections.ConfigDict) -> dict:
+  """The config without :data:`EXECUTION_SECTIONS`: what the run computes."""
+  return {k: v for k, v in config.to_dict().items()
+          if k not in EXECUTION_SECTIONS}
+
+
 def config_hash(config: ml_collections.ConfigDict) -> str:
-  """Short stable hash of the resolved config (the run's identity)."""
-  blob = json.dumps(config.to_dict(), sort_keys=True, default=str)
+  """Short stable hash of the resolved config's :func:`identity`."""
+  blob = json.dumps(identity(config), sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
-  return json.dumps(config.to_dict(), sort_keys=True, indent=2, default=str)
+  """`config.json`: the resolved config's :func:`identity`."""
+  return json.dumps(identity(config), sort_keys=True, indent=2, default=str)

@@ -39,6 +39,7 @@ class SubmodelError(ValueError):
 
 _PASS_THROUGH = (
     tf.keras.layers.MaxPool2D, tf.keras.layers.AveragePooling2D,
+    tf.keras.layers.Rescaling,
     tf.keras.layers.Dropout, tf.keras.layers.Activation,
     tf.keras.layers.InputLayer,
 )
@@ -72,6 +73,12 @@ class SubmodelPlan:
   def widths(self) -> dict[str, int]:
     """Submodel widths by layer name (the model builders' `widths=`)."""
     return dict(zip(self.layers, self.kept))
+
+  @property
+  def scales(self) -> dict[str, float]:
+    """n/k per dropped layer: the activation scale of inverted dropout."""
+    return {l: n / k for l, n, k in zip(self.layers, self.units, self.kept)
+            if k != n}
 
   @property
   def is_identity(self) -> bool:

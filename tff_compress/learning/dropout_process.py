@@ -47,6 +47,8 @@ import tensorflow_federated as tff
 from tff_compress.dropout import submodel as submodel_lib
 from tff_compress.learning import encoded
 from tff_compress.learning import payload
+from tff_compress.privacy import bounded
+from tff_compress.privacy import factories as dp_factories
 
 LearningAlgorithmState = tff.learning.templates.LearningAlgorithmState
 
@@ -68,6 +70,9 @@ def build_dropout_process(
     clients_per_round: int,
     per_client_masks: bool,
     sum_factory: Optional[tff.aggregators.UnweightedAggregationFactory] = None,
+    sum_scale: float = 1.0,
+    zeroing_norm: Optional[float] = None,
+    client_clip: Optional[float] = None,
     client_data_type=None,
 ) -> tff.learning.templates.LearningProcess:
   """The Federated Dropout learning process.
@@ -85,7 +90,17 @@ def build_dropout_process(
     clients_per_round: K; mask keys lie in [0, K-1].
     per_client_masks: False gives every client the round's mask 0.
     sum_factory: Unweighted aggregation of the weighted, scattered updates
-      on the global shape (default `tff.aggregators.SumFactory()`).
+      on the global shape (default `tff.aggregators.SumFactory()`; with
+      user-level DP, TFF's `DifferentiallyPrivateFactory`).
+    sum_scale: Multiplies `sum_factory`'s result back into a sum (K for a DP
+      factory whose query averages over K expected clients).
+    zeroing_norm: If set, a submodel update with a non-finite entry or L2
+      norm above it is replaced by zeros before encoding (counted in
+      `zeroed`).
+    client_clip: If set (fixed-clip DP), the client clips its submodel
+      update and encodes it so that the *decoded* update has L2 norm <= it
+      (`privacy/bounded.py`); scattering adds only zeros, so the global
+      record the DP sum sees has the same bound.
     client_data_type: TFF type of one client's dataset (`SequenceType`).
 
   Returns:
@@ -138,12 +153,21 @@ def build_dropout_process(
 
   @tff.tensorflow.computation(sub_trainable_type, np.int64, np.int32)
   def encode_up(update, round_num, slot):
+    zeroed = tf.constant(0, tf.int32)
+    if zeroing_norm is not None:
+      update, zeroed = dp_factories.zero_bad_value(update, zeroing_norm)
     if up_coder is None:
-      return update
+      if client_clip is not None:
+        update = bounded.clip_by_global_l2_norm(update, client_clip)
+      return update, zeroed
     s = codec_seed(round_num, slot, 2)
-    return collections.OrderedDict(payload=up_coder.encode(update, s), seed=s)
+    if client_clip is not None:
+      payload_ = bounded.bounded_encode(up_coder, update, s, client_clip)
+    else:
+      payload_ = up_coder.encode(update, s)
+    return collections.OrderedDict(payload=payload_, seed=s), zeroed
 
-  up_message_type = encode_up.type_signature.result
+  up_message_type = encode_up.type_signature.result[0]
 
   @tff.tensorflow.computation(up_message_type, np.float32)
   def bytes_up_of(message, weight):
@@ -166,6 +190,7 @@ def build_dropout_process(
   @tff.tensorflow.computation(global_type, global_type)
   def count_average(total, counts):
     flat_t, flat_c = tf.nest.flatten(total), tf.nest.flatten(counts)
+    flat_t = [t * sum_scale for t in flat_t] if sum_scale != 1.0 else flat_t
     mean = [tf.math.divide_no_nan(t, c) for t, c in zip(flat_t, flat_c)]
     untrained = tf.add_n([tf.reduce_sum(tf.cast(c <= 0, tf.float32))
                           for c in flat_c])
@@ -219,7 +244,7 @@ def build_dropout_process(
     key = tff.federated_map(scalar, keys)
     slot = tff.federated_map(scalar, slots)
     round_at_clients = tff.federated_broadcast(round_num)
-    message = tff.federated_map(
+    message, zeroed = tff.federated_map(
         encode_up, (cw_out.result.update, round_at_clients, slot))
     up_bytes = tff.federated_map(
         bytes_up_of, (message, cw_out.result.update_weight))
@@ -241,6 +266,7 @@ def build_dropout_process(
         aggregator=tff.federated_zip(collections.OrderedDict(
             bytes_up=tff.federated_sum(up_bytes),
             untrained_fraction=untrained,
+            zeroed=tff.federated_sum(zeroed),
             inner=sum_out.measurements)),
         finalizer=fin_out.measurements))
     return tff.learning.templates.LearningProcessOutput(new_state, metrics)

@@ -21,9 +21,9 @@ class Task:
   input_spec: object
   num_params: int
   train_flops_per_example: int
-  # widths -> the same model with other hidden widths (Federated Dropout).
-  keras_model_builder: Optional[Callable[[Mapping[str, int]],
-                                         tf.keras.Model]] = None
+  # (widths, scales) -> the same model with other hidden widths and
+  # activation scales (Federated Dropout submodels).
+  keras_model_builder: Optional[Callable[..., tf.keras.Model]] = None
 
   def model_fn(self) -> tff.learning.models.VariableModel:
     return tff.learning.models.from_keras_model(
@@ -33,15 +33,16 @@ class Task:
         metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')],
     )
 
-  def with_widths(self, widths: Mapping[str, int]) -> 'Task':
-    """The task of the submodel with these hidden-layer widths."""
+  def with_widths(self, widths: Mapping[str, int],
+                  scales: Optional[Mapping[str, float]] = None) -> 'Task':
+    """The task of the submodel with these hidden widths (and scales)."""
     if self.keras_model_builder is None:
       raise ValueError('this task cannot build submodels')
-    widths = dict(widths)
+    widths, scales = dict(widths), dict(scales or {})
     builder = self.keras_model_builder
 
     def keras_model_fn():
-      return builder(widths)
+      return builder(widths, scales)
 
     probe = keras_model_fn()
     return Task(keras_model_fn, self.input_spec, flops.count_params(probe),
@@ -52,10 +53,14 @@ def build_task(model_name: str, data: federated_data.FederatedData,
                seed: int) -> Task:
   """The registered model `model_name` for `data`'s input and classes."""
 
-  def keras_model_builder(widths):
+  def keras_model_builder(widths, scales=None):
+    kwargs = {}
+    if widths:
+      kwargs['widths'] = dict(widths)
+    if scales:
+      kwargs['scales'] = dict(scales)
     return model_registry.build_model(
-        model_name, data.input_shape, data.num_classes, seed=seed,
-        **({'widths': dict(widths)} if widths else {}))
+        model_name, data.input_shape, data.num_classes, seed=seed, **kwargs)
 
   def keras_model_fn():
     return keras_model_builder({})

@@ -12,6 +12,8 @@ from typing import Mapping, Optional
 
 import tensorflow as tf
 
+from tff_compress.models import scaling
+
 # Units (filters) of the hidden layers; `widths` overrides them by layer name
 # (Federated Dropout submodels are the same network with fewer units).
 HIDDEN = {'conv1': 32, 'conv2': 64, 'dense1': 512}
@@ -22,8 +24,13 @@ def build_caldas_cnn(
     num_classes: int,
     seed: int = 0,
     widths: Optional[Mapping[str, int]] = None,
+    scales: Optional[Mapping[str, float]] = None,
 ) -> tf.keras.Model:
-  """Returns the (uncompiled) Caldas CNN; the output layer emits logits."""
+  """Returns the (uncompiled) Caldas CNN; the output layer emits logits.
+
+  `widths` overrides hidden widths by layer name; `scales` multiplies a
+  hidden layer's activations (see `scaling.insert_scales`).
+  """
   init = tf.keras.initializers.GlorotUniform
   w = {**HIDDEN, **(widths or {})}
   unknown = set(w) - set(HIDDEN)
@@ -31,7 +38,7 @@ def build_caldas_cnn(
     raise ValueError(f'caldas_cnn has no hidden layer {sorted(unknown)}; '
                      f'hidden layers: {sorted(HIDDEN)}')
   return tf.keras.Sequential(
-      [
+      scaling.insert_scales([
           tf.keras.layers.InputLayer(input_shape=input_shape),
           tf.keras.layers.Conv2D(
               w['conv1'], 5, padding='same', activation='relu', name='conv1',
@@ -48,6 +55,6 @@ def build_caldas_cnn(
           tf.keras.layers.Dense(
               num_classes, name='logits',
               kernel_initializer=init(seed=seed + 3)),
-      ],
+      ], scales),
       name='caldas_cnn',
   )

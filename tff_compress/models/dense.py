@@ -6,6 +6,8 @@ from typing import Mapping, Optional, Sequence
 
 import tensorflow as tf
 
+from tff_compress.models import scaling
+
 
 def build_dense(
     input_shape: tuple[int, ...],
@@ -13,11 +15,13 @@ def build_dense(
     hidden: Sequence[int] = (64,),
     seed: int = 0,
     widths: Optional[Mapping[str, int]] = None,
+    scales: Optional[Mapping[str, float]] = None,
 ) -> tf.keras.Model:
   """Flatten -> ReLU dense layers of widths `hidden` -> logits.
 
   `widths` overrides units by layer name ('dense1', ...), as Federated
-  Dropout submodels need.
+  Dropout submodels need; `scales` multiplies a hidden layer's activations
+  (see `scaling.insert_scales`).
   """
   names = [f'dense{i + 1}' for i in range(len(hidden))]
   unknown = set(widths or {}) - set(names)
@@ -39,4 +43,5 @@ def build_dense(
       tf.keras.layers.Dense(
           num_classes, name='logits',
           kernel_initializer=init(seed=seed + len(hidden))))
-  return tf.keras.Sequential(layers, name='dense')
+  return tf.keras.Sequential(scaling.insert_scales(layers, scales),
+                             name='dense')

@@ -28,6 +28,8 @@ class PlanTest(parameterized.TestCase):
     model = _model('caldas_cnn')
     plan = submodel.build_plan(model, submodel.keep_fractions(model, 0.75, {}))
     self.assertEqual(plan.widths, {'conv1': 24, 'conv2': 48, 'dense1': 384})
+    self.assertEqual(plan.scales,
+                     {'conv1': 32 / 24, 'conv2': 64 / 48, 'dense1': 512 / 384})
     sub = _model('caldas_cnn', plan.widths)
     self.assertEqual([tuple(w.shape) for w in sub.trainable_weights],
                      plan.sub_shapes())
@@ -86,30 +88,41 @@ class MaskTest(absltest.TestCase):
     np.testing.assert_allclose(counts, 500, atol=97)
 
 
-class GatherScatterTest(absltest.TestCase):
+class GatherScatterTest(parameterized.TestCase):
 
-  def test_forward_equals_full_model_with_dropped_units_zeroed(self):
+  @parameterized.parameters(False, True)
+  def test_forward_equals_full_model_with_dropped_units_zeroed(self, rescale):
     """Submodel logits == full-model logits with dropped units silenced.
 
     Silencing a unit = zeroing its incoming kernel slice and bias, so its
-    ReLU output is 0; its outgoing weights stay untouched. No rescaling.
+    ReLU output is 0; its outgoing weights stay untouched. With `rescale`
+    the submodel multiplies a dropped layer's activations by n/k, which for
+    the full model equals multiplying the next layer's kernel by n/k
+    (positive scales commute with ReLU and max-pooling).
     """
     full = _model('caldas_cnn')
     plan = submodel.build_plan(full, {'conv1': 0.5, 'conv2': 0.75,
                                       'dense1': 0.6})
     kept = plan.kept_indices(_seed(key=3))
-    sub = _model('caldas_cnn', plan.widths)
+    scales = plan.scales if rescale else {}
+    sub = model_registry.build_model('caldas_cnn', SHAPE, 10, seed=3,
+                                     widths=plan.widths, scales=scales)
+    self.assertLen(sub.layers, len(full.layers) + len(scales))
     sub.set_weights([w.numpy() for w in plan.gather(
         [tf.convert_to_tensor(w) for w in full.trainable_weights], kept)])
 
-    silenced = []
+    silenced, previous = [], None
     for layer in full.layers:
       weights = layer.get_weights()
+      if weights and previous in scales:
+        weights[0] = weights[0] * scales[previous]
       if layer.name in plan.layers:
         drop = np.setdiff1d(np.arange(weights[1].shape[0]),
                             kept[layer.name].numpy())
         weights[0][..., drop] = 0.0
         weights[1][drop] = 0.0
+      if weights:
+        previous = layer.name
       silenced.append(weights)
     for layer, weights in zip(full.layers, silenced):
       layer.set_weights(weights)

@@ -23,10 +23,10 @@ SEED = 11
 
 
 def _task(hidden=(12, 8)) -> task_lib.Task:
-  def builder(widths):
+  def builder(widths, scales=None):
     return model_registry.build_model(
         'dense', learning_testing.SHAPE, 10, hidden=hidden, seed=1,
-        widths=dict(widths))
+        widths=dict(widths), scales=scales)
   probe = builder({})
   return task_lib.Task(lambda: builder({}),
                        federated_data.element_spec(learning_testing.SHAPE),
@@ -45,8 +45,11 @@ def _cfg(keep=0.5, mask='per_client', k=3):
   return cfg
 
 
-def _handmade_client_work(sub_weights_type, data_type):
-  """Update = (client's example count) in every coordinate, weight = count."""
+def _handmade_client_work(sub_weights_type, data_type, nan_size=-1):
+  """Update = (client's example count) in every coordinate, weight = count.
+
+  A client with exactly `nan_size` examples sends NaN instead.
+  """
 
   @tff.tensorflow.computation(data_type)
   def count(dataset):
@@ -55,7 +58,8 @@ def _handmade_client_work(sub_weights_type, data_type):
 
   @tff.tensorflow.computation(sub_weights_type.trainable, np.float32)
   def fill(like, n):
-    return tf.nest.map_structure(lambda t: tf.fill(tf.shape(t), n), like)
+    v = tf.where(tf.equal(n, float(nan_size)), float('nan'), n)
+    return tf.nest.map_structure(lambda t: tf.fill(tf.shape(t), v), like)
 
   @tff.federated_computation()
   def init():
@@ -206,6 +210,63 @@ class DropoutProcessTest(absltest.TestCase):
     up = int(out.metrics['aggregator']['bytes_up'])
     self.assertLess(down, int(ref.metrics['distributor']['bytes_down']) / 3.5)
     self.assertLess(up, int(ref.metrics['aggregator']['bytes_up']) / 10)
+
+  def test_user_dp_bounds_the_decoded_submodel_updates(self):
+    """DP-FedAvg + 1-bit Hadamard uplink: sum of decoded updates <= K C."""
+    task = _task(hidden=(64,))
+    cfg = _cfg(keep=0.5, k=3)
+    cfg.dp.mode = 'user'
+    cfg.dp.noise_multiplier = 0.0
+    cfg.dp.clip = 0.05
+    cfg.client.learning_rate = 0.5
+    cfg.uplink.transform = 'hadamard'
+    cfg.uplink.bits = 1
+    cfg.uplink.min_size = 100
+    training = process.build_training(cfg, task)
+    plan = training.plan
+    with runtime.local_context():
+      state = training.process.initialize()
+      before = _flat(training.process.get_model_weights(state).trainable)
+      out = training.process.next(state, training.client_inputs(
+          learning_testing.random_datasets([16, 16, 16])))
+      after = _flat(training.process.get_model_weights(out.state).trainable)
+    counts = [np.zeros_like(w) for w in before]
+    for slot in range(3):
+      kept = plan.kept_indices(submodel.mask_seed(SEED, 1, slot))
+      for j, c in enumerate(plan.coverage(kept)):
+        counts[j] += c.numpy()  # uniform weights under DP
+    # update = sum / count per coordinate, so sum = update * count.
+    total = np.sqrt(sum(float(np.sum(((b - a) * c) ** 2))
+                        for b, a, c in zip(before, after, counts)))
+    self.assertLessEqual(total, 3 * 0.05 * (1 + 1e-5))
+    self.assertGreater(total, 0.05)  # clipped, not vanished
+    self.assertEqual(int(out.metrics['aggregator']['zeroed']), 0)
+
+  def test_non_finite_update_is_zeroed_and_counted(self):
+    task = _task()
+    cfg = _cfg(keep=0.5)
+    plan = process.dropout_plan(cfg, task)
+    initial = process.build_initial_weights_fn(task)
+    sub_type = process.build_initial_weights_fn(
+        task.with_widths(plan.widths)).type_signature.result
+    data_type = tff.SequenceType(tff.types.tensorflow_to_type(
+        task.input_spec))
+    lp = dropout_process.build_dropout_process(
+        initial_weights_fn=initial, plan=plan, sub_model_weights_type=sub_type,
+        client_work=_handmade_client_work(sub_type, data_type, nan_size=10),
+        finalizer=tff.learning.templates.build_apply_optimizer_finalizer(
+            tff.learning.optimizers.build_sgdm(1.0),
+            initial.type_signature.result),
+        broadcast=encoded.CodecConfig('broadcast'),
+        uplink=encoded.CodecConfig('uplink'), seed=SEED,
+        clients_per_round=3, per_client_masks=True, zeroing_norm=1e6,
+        client_data_type=data_type)
+    with runtime.local_context():
+      out = lp.next(lp.initialize(), dropout_process.client_inputs(
+          learning_testing.random_datasets([3, 10, 5])))
+      after = _flat(lp.get_model_weights(out.state))
+    self.assertEqual(int(out.metrics['aggregator']['zeroed']), 1)
+    self.assertTrue(all(np.isfinite(w).all() for w in after))
 
 
 if __name__ == '__main__':
