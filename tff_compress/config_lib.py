@@ -424,13 +424,13 @@ def _check_algorithm(config) -> None:
   only_fedavg = ['client.work', 'dropout.keep', 'dropout.per_layer',
                  'dp.mode', 'secagg.enabled', 'faults.drop_prob',
                  'faults.nan_prob', 'faults.huge_prob', 'faults.over_select',
-                 'faults.deadline']
+                 'faults.deadline', 'runtime.workers']
   for section in ('broadcast', 'uplink'):
     only_fedavg += [f'{section}.transform', f'{section}.bits',
                     f'{section}.subsample']
   values, default_values = flatten(config), flatten(defaults)
   for key in only_fedavg:
-    if values[key] != default_values[key]:
+    if key in default_values and values[key] != default_values[key]:
       hint = ('; FedGKT compresses its uploads with gkt.bits'
               if key.startswith(('broadcast.', 'uplink.')) else '')
       raise ConfigError(

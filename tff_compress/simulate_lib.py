@@ -127,6 +127,22 @@ def _flat_weights(weights: tff.learning.models.ModelWeights) -> list:
       (weights.trainable, weights.non_trainable))]
 
 
+def _gkt_run():
+  # Imported on use: tff_compress/gkt/runner.py reuses this module's loop
+  # plumbing, so a dependency the other way round would be a cycle; the
+  # binaries (//tff_compress:simulate, :tradeoff) depend on it.
+  from tff_compress.gkt import runner  # pylint: disable=g-import-not-at-top
+  return runner.run
+
+
+# Config `algorithm` values run by another program loop -> a function
+# returning its `run` (same signature); 'fedavg' is this module's loop.
+_OTHER_ALGORITHMS: dict[str, Callable[[], Callable[..., dict]]] = {
+    'fedgkt': _gkt_run,
+    'fedavg_bn': _gkt_run,
+}
+
+
 def run(
     config: ml_collections.ConfigDict,
     run_dir: str,
@@ -145,6 +161,9 @@ def run(
   Returns:
     The summary dict also written to `summary.json`.
   """
+  if config.algorithm in _OTHER_ALGORITHMS:
+    return _OTHER_ALGORITHMS[config.algorithm]()(
+        config, run_dir, out=out, after_round=after_round)
   resuming = run_dir_lib.prepare(run_dir, config)
   data = data_registry.build_federated_data(config.data, seed=config.seed)
   task = task_lib.build_task(config.model.name, data, seed=config.seed)

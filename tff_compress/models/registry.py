@@ -8,12 +8,20 @@ import tensorflow as tf
 
 from tff_compress.models import caldas
 from tff_compress.models import dense
+from tff_compress.models import resnet
 
 ModelBuilder = Callable[..., tf.keras.Model]
 
 MODELS: dict[str, ModelBuilder] = {
     'caldas_cnn': caldas.build_caldas_cnn,
     'dense': dense.build_dense,
+    # FedGKT's networks (models/resnet.py): the edge ResNet-8 alone, and the
+    # whole bottleneck ResNets (batch norm; use algorithm=fedavg_bn or
+    # fedgkt, see config_lib).
+    'resnet8': resnet.build_resnet8,
+    'resnet20': resnet.build_resnet20,
+    'resnet56': resnet.build_resnet56,
+    'resnet110': resnet.build_resnet110,
 }
 
 
