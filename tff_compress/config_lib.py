@@ -465,13 +465,19 @@ def _check_faults(config) -> None:
         f"config key 'faults.over_select' is {f.over_select}; allowed: 0 "
         "with dp.mode='user' (its epsilon assumes clients_per_round sampled "
         'clients per round)')
-  plan_dropout = config.dropout.keep != 1.0 or config.dropout.per_layer.strip()
-  if plan_dropout and (f.nan_prob or f.huge_prob):
-    key = 'faults.nan_prob' if f.nan_prob else 'faults.huge_prob'
-    raise ConfigError(
-        f'config key {key!r} is {f[key.split(".")[1]]}; allowed: 0 with '
-        'Federated Dropout (dropout.keep < 1 or dropout.per_layer), whose '
-        'scatter-average has no zeroing stage for poisoned updates')
+  poison = next((k for k in ('nan_prob', 'huge_prob') if f[k]), None)
+  unsupported = {
+      'Federated Dropout (dropout.keep < 1 or dropout.per_layer), whose '
+      'scatter-average does not yet remove zeroed clients':
+          config.dropout.keep != 1.0 or config.dropout.per_layer.strip(),
+      'runtime.workers (remote workers build client datasets from '
+      'descriptors; the fault code travels as a dataset)':
+          config.runtime.workers.strip(),
+  }
+  for what, applies in unsupported.items():
+    if poison and applies:
+      raise ConfigError(f"config key 'faults.{poison}' is {f[poison]}; "
+                        f'allowed: 0 with {what}')
 
 
 def _check_dropout(config) -> None:

@@ -25,6 +25,8 @@ import tensorflow_federated as tff
 from tff_compress import runtime
 from tff_compress.data import federated_data
 from tff_compress.data import registry as data_registry
+from tff_compress.faults import rounds as fault_rounds
+from tff_compress.faults import schedule as fault_schedule
 from tff_compress.learning import process as process_lib
 from tff_compress.learning import task as task_lib
 from tff_compress.privacy import accounting
@@ -77,13 +79,22 @@ class Progress:
     eta = elapsed / done * (self.rounds - r)
     acc = row.get('eval_accuracy')
     acc_s = f'eval acc {acc:.4f}' if acc is not None else 'eval acc   -   '
+    if row['train_loss'] is None:  # nobody reported
+      train_s = 'train loss    -   acc    -   '
+    else:
+      train_s = (f'train loss {row["train_loss"]:.4f}'
+                 f' acc {row["train_accuracy"]:.4f}')
     print(
-        f'round {r:>4}/{self.rounds} | train loss {row["train_loss"]:.4f}'
-        f' acc {row["train_accuracy"]:.4f} | {acc_s} | down'
+        f'round {r:>4}/{self.rounds} | {train_s} | {acc_s} | down'
         f' {row["bytes_down"] / 1e6:8.2f} MB up {row["bytes_up"] / 1e6:8.2f} MB'
         f' | {row["round_seconds"]:6.2f} s | ETA {_hms(eta)}'
         + (f' | ε {row["epsilon"]:.3g}' if row.get('epsilon') is not None
-           else ''),
+           else '')
+        + (f' | {row["clients_reported"]}/{row["clients"]} reported,'
+           f' {row["clients_dropped"]} dropped, {row["clients_late"]} late,'
+           f' {row["zeroed"] or 0} zeroed, {row["round_latency"]:.1f} s sim'
+           + (' | SKIPPED (model unchanged)' if row['skipped'] else '')
+           if row.get('round_latency') is not None else ''),
         file=self.out, flush=True)
 
 
@@ -177,6 +188,8 @@ def run(
       checkpoint_dir, prefix=_CKPT_PREFIX, keep_total=2)
   tb_writer = tf.summary.create_file_writer(os.path.join(run_dir, 'tb'))
   client_ids = data.client_ids
+  faults = fault_schedule.FaultSpec.from_config(config.faults)
+  sampled_per_round = faults.num_sampled(config.clients_per_round)
   accountant = accounting.RunAccountant.from_config(
       config, [data.client_size(c) for c in client_ids])
 
@@ -210,11 +223,11 @@ def run(
     progress = Progress(config.rounds, out, start)
     eval_state = evaluation.initialize()
     participations = participation_counts(
-        len(client_ids), config.clients_per_round, config.seed, start - 1)
+        len(client_ids), sampled_per_round, config.seed, start - 1)
 
     for round_num in range(start, config.rounds + 1):
       t0 = time.monotonic()
-      picked = sample_clients(len(client_ids), config.clients_per_round,
+      picked = sample_clients(len(client_ids), sampled_per_round,
                               config.seed, round_num)
       datasets, flops = [], []
       for index in picked:
@@ -225,21 +238,27 @@ def run(
             shuffle_seed=shuffle_seed(config.seed, round_num, int(index))))
         flops.append(config.client.epochs * len(y) *
                      training.client_task.train_flops_per_example)
-      output = process.next(state, training.client_inputs(datasets))
-      state = output.state
-      m = output.metrics
+      # Who reports (faults/schedule.py); only they enter process.next.
+      plan = fault_schedule.plan_round(
+          faults, config.seed, round_num, picked,
+          [config.client.epochs * data.client_size(client_ids[i])
+           for i in picked], config.clients_per_round)
+      outcome = fault_rounds.run_round(training, state, plan, datasets)
+      state = outcome.state
       participations[picked] += 1
       row = {
           'round': round_num,
-          'train_loss': float(m['client_work']['train']['loss']),
-          'train_accuracy': float(m['client_work']['train']['accuracy']),
+          'train_loss': outcome.train_metric('loss'),
+          'train_accuracy': outcome.train_metric('accuracy'),
           'eval_loss': None,
           'eval_accuracy': None,
-          'bytes_down': int(m['distributor']['bytes_down']),
-          'bytes_up': int(m['aggregator']['bytes_up']),
+          'bytes_down': outcome.bytes_down,
+          'bytes_up': outcome.bytes_up,
           'client_flops': float(np.mean(flops)),
           'epsilon': None,
           'clients': len(picked),
+          'zeroed': outcome.zeroed,
+          **fault_rounds.columns(plan),
       }
       if round_num % config.eval_every == 0 or round_num == config.rounds:
         eval_state = evaluation.set_model_weights(
@@ -253,8 +272,6 @@ def run(
       # Privacy spent so far (outside the timed span: RDP accounting of
       # sampling without replacement takes ~0.3 s).
       row['epsilon'] = accountant.epsilon(round_num, participations)
-      if 'zeroed' in m['aggregator']:
-        row['zeroed'] = int(m['aggregator']['zeroed'])
 
       # CSV first, then the checkpoint: a crash in between re-runs this round.
       # SIGINT/SIGTERM wait until both are written.
@@ -278,6 +295,8 @@ def run(
   summary = _summarize(config, task, rows,
                        client_params=training.client_task.num_params)
   summary.update(_privacy_summary(accountant, rows, participations))
+  if faults.active:
+    summary['faults'] = fault_rounds.summarize(rows)
   run_dir_lib.write_json(os.path.join(run_dir, 'summary.json'), summary)
   run_dir_lib.plot_curves(
       os.path.join(run_dir, 'metrics.csv'),
@@ -300,7 +319,8 @@ def _summarize(config, task: task_lib.Task, rows: list[dict],
       'rounds': len(rows),
       'final_eval_accuracy': float(evals[-1]['eval_accuracy']) if evals else None,
       'final_eval_loss': float(evals[-1]['eval_loss']) if evals else None,
-      'final_train_loss': float(rows[-1]['train_loss']) if rows else None,
+      'final_train_loss': next((float(r['train_loss']) for r in rows[::-1]
+                                if r['train_loss']), None),
       'total_bytes_down': sum(down),
       'total_bytes_up': sum(up),
       'mean_bytes_down_per_client': per_client_down,

@@ -10,6 +10,9 @@ from typing import Callable
 
 import tensorflow_federated as tff
 
+from tff_compress.faults import client_work as fault_client_work
+from tff_compress.faults import schedule as fault_schedule
+from tff_compress.faults import zeroing as fault_zeroing
 from tff_compress.learning import aggregators
 from tff_compress.learning import distributors
 from tff_compress.learning import encoded
@@ -62,6 +65,15 @@ CLIENT_WORKS: dict[str, Callable] = {
 }
 
 
+def build_client_work(cfg, task, model_weights_type):
+  """`client.work`; wrapped to inject NaN/huge updates if `faults.*` asks."""
+  work = CLIENT_WORKS[cfg.client.work](cfg, task, model_weights_type)
+  if fault_schedule.FaultSpec.from_config(cfg.faults).poisons:
+    work = fault_client_work.build_fault_injecting_client_work(
+        work, cfg.faults.huge_norm)
+  return work
+
+
 def build_distributor(cfg, model_weights_type):
   """The float32 broadcast, or the encoded one when `broadcast.*` compresses."""
   codec = encoded.CodecConfig.from_config('broadcast', cfg.broadcast)
@@ -75,7 +87,9 @@ def build_aggregator(cfg):
 
   With `dp.mode=user`: DP-FedAvg (zeroing -> DP clip+noise -> uplink codec
   under the decoded-norm bound, or the secure sum); with `secagg.enabled`
-  alone: the secure sum of integer-quantized updates.
+  alone: the secure sum of integer-quantized updates. With any `faults.*`
+  knob set, the weighted mean starts with a zeroing stage (DP and the
+  secure sum always have one).
   """
   if cfg.dp.mode == 'user':
     return dp_factories.build_user_dp_aggregator(cfg)
@@ -83,8 +97,13 @@ def build_aggregator(cfg):
     return dp_factories.build_secure_mean(cfg)
   codec = encoded.CodecConfig.from_config('uplink', cfg.uplink)
   if codec.is_identity:
-    return aggregators.build_mean()
-  return encoded.EncodedMeanFactory(codec, seed=cfg.seed)
+    mean = aggregators.build_mean()
+  else:
+    mean = encoded.EncodedMeanFactory(codec, seed=cfg.seed)
+  if fault_schedule.FaultSpec.from_config(cfg.faults).active:
+    # Outermost, so the codec never encodes a NaN (faults/zeroing.py).
+    return fault_zeroing.WeightedZeroingFactory(cfg.dp.zeroing_norm, mean)
+  return mean
 
 
 # (cfg) -> tff.learning.optimizers.Optimizer; 'sgd' with lr 1 is FedAvg,

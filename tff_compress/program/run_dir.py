@@ -25,6 +25,11 @@ METRICS_COLUMNS = (
     'round', 'train_loss', 'train_accuracy', 'eval_loss', 'eval_accuracy',
     'bytes_down', 'bytes_up', 'client_flops', 'epsilon', 'clients',
     'round_seconds', 'zeroed',
+    # Client faults (tff_compress/faults/): `clients` is the sampled count,
+    # round_latency the simulated seconds until the round closed (empty
+    # without a fault model), skipped 1 if too few reported.
+    'clients_reported', 'clients_dropped', 'clients_late', 'round_latency',
+    'skipped',
 )
 
 
