@@ -1,4 +1,8 @@
-"""A one-minute sweep for tests: smoke model, 2 rounds, 2 x 2 + 1 cells."""
+"""A one-minute sweep for tests: smoke model, 2 rounds, 2 x 2 + 2 + 1 cells.
+
+Codec axes (uplink bits x broadcast bits), a Federated Dropout cell and a
+DP-FedAvg cell, plus the baseline.
+"""
 
 import ml_collections
 
@@ -19,4 +23,12 @@ def get_config():
   c.grids.codec.broadcast = ml_collections.ConfigDict()
   c.grids.codec.broadcast.bits = (32, 4)
   c.grids.codec.broadcast.transform = ('kashin',)
+  c.grids.dropout = ml_collections.ConfigDict()
+  c.grids.dropout.dropout = ml_collections.ConfigDict()
+  c.grids.dropout.dropout.keep = (0.5,)
+  c.grids.dp = ml_collections.ConfigDict()
+  c.grids.dp.dp = ml_collections.ConfigDict()
+  c.grids.dp.dp.mode = ('user',)
+  c.grids.dp.dp.noise_multiplier = (1.0,)
+  c.grids.dp.dp.clip = (0.5,)
   return c

@@ -162,11 +162,30 @@ def _finished_summary(config: ml_collections.ConfigDict,
   return summary
 
 
-def _run_cell(config_dict: dict, run_dir: str) -> dict:
+class _PrefixedLines(io.TextIOBase):
+  """A text stream that prefixes every line (per-cell progress)."""
+
+  def __init__(self, out: TextIO, prefix: str):
+    super().__init__()
+    self._out, self._prefix, self._pending = out, prefix, ''
+
+  def write(self, text: str) -> int:
+    self._pending += text
+    *lines, self._pending = self._pending.split('\n')
+    for line in lines:
+      self._out.write(f'{self._prefix}{line}\n')
+    return len(text)
+
+  def flush(self) -> None:
+    self._out.flush()
+
+
+def _run_cell(config_dict: dict, run_dir: str, prefix: str = '') -> dict:
   """Runs one cell (in this or a spawned process); returns its summary.
 
   A cell whose run directory already holds a finished run of the same config
-  is not started again (no TFF worker, no data loading).
+  is not started again (no TFF worker, no data loading). The cell's own
+  progress lines (one per round, with its ETA) go to stdout behind `prefix`.
   """
   config = ml_collections.ConfigDict(config_dict)
   finished = _finished_summary(config, run_dir)
@@ -180,7 +199,8 @@ def _run_cell(config_dict: dict, run_dir: str) -> dict:
   logging.set_verbosity(logging.WARNING)
   tf.get_logger().setLevel('ERROR')
   t0 = time.monotonic()
-  summary = simulate_lib.run(config, run_dir, out=io.StringIO())
+  summary = simulate_lib.run(config, run_dir,
+                             out=_PrefixedLines(sys.stdout, prefix))
   summary['cell_wall_seconds'] = time.monotonic() - t0
   with open(os.path.join(run_dir, 'cell.json'), 'w') as f:
     json.dump({'cell_wall_seconds': summary['cell_wall_seconds']}, f)
@@ -217,14 +237,16 @@ def run_sweep(sweep: ml_collections.ConfigDict,
   if sweep.parallel == 1:
     for i, cell in enumerate(cells):
       summaries[i] = _run_cell(cell.config.to_dict(),
-                               cell_dir(sweep_dir, cell))
+                               cell_dir(sweep_dir, cell),
+                               _cell_prefix(i, len(cells)))
       report(i)
   else:
     ctx = multiprocessing.get_context('spawn')
     with concurrent.futures.ProcessPoolExecutor(
         max_workers=sweep.parallel, mp_context=ctx) as pool:
       futures = {pool.submit(_run_cell, cell.config.to_dict(),
-                             cell_dir(sweep_dir, cell)): i
+                             cell_dir(sweep_dir, cell),
+                             _cell_prefix(i, len(cells))): i
                  for i, cell in enumerate(cells)}
       for future in concurrent.futures.as_completed(futures):
         i = futures[future]
@@ -238,11 +260,17 @@ def run_sweep(sweep: ml_collections.ConfigDict,
   return rows
 
 
+def _cell_prefix(i: int, n: int) -> str:
+  return f'  cell {i + 1}/{n} | '
+
+
 def aggregate(cells: Sequence[Cell], summaries: Sequence[dict]) -> list[dict]:
   """One row per (grid, overrides): mean ± std over seeds, ratios vs base."""
   groups: dict = {}
+  configs: dict = {}
   for cell, s in zip(cells, summaries):
     groups.setdefault((cell.grid, cell.overrides), []).append(s)
+    configs[(cell.grid, cell.overrides)] = cell.config
   base = groups[('baseline', ())]
   base_down = _mean([s['mean_bytes_down_per_client'] for s in base])
   base_up = _mean([s['mean_bytes_up_per_client'] for s in base])
@@ -262,6 +290,8 @@ def aggregate(cells: Sequence[Cell], summaries: Sequence[dict]) -> list[dict]:
         'accuracy_std': _std(acc),
         'bytes_down_per_client_round': down,
         'bytes_up_per_client_round': up,
+        'client_flops_per_round': _mean(
+            [s['mean_client_flops'] for s in runs]),
         'bytes_down_total': _mean([s['total_bytes_down'] for s in runs]),
         'bytes_up_total': _mean([s['total_bytes_up'] for s in runs]),
         'down_ratio_vs_float32': _mean(
@@ -273,6 +303,7 @@ def aggregate(cells: Sequence[Cell], summaries: Sequence[dict]) -> list[dict]:
         'client_flops_ratio_vs_baseline': _mean(
             [s['mean_client_flops'] for s in runs]) / base_flops,
         'epsilon': _mean(eps) if eps else None,
+        'delta': float(configs[(grid, overrides)].dp.delta) if eps else None,
         'wall_seconds': _mean([s['cell_wall_seconds'] for s in runs]),
         'mean_round_seconds': _mean([s['mean_round_seconds'] for s in runs]),
     })
@@ -337,7 +368,8 @@ def write_results(rows: Sequence[dict], sweep_dir: str) -> None:
     acc = f'{row["accuracy_mean"]:.4f}'
     if row['seeds'] > 1:
       acc += f' ± {row["accuracy_std"]:.4f}'
-    eps = '—' if row['epsilon'] is None else f'{row["epsilon"]:.2f}'
+    eps = ('—' if row['epsilon'] is None else
+           f'{row["epsilon"]:.2f} (δ={row["delta"]:g})')
     lines.append(
         f'| {label} | {row["setting"]} | {acc} | '
         f'{row["bytes_down_per_client_round"]:,.0f} | '
@@ -361,8 +393,11 @@ def _plot(rows: Sequence[dict], sweep_dir: str) -> None:
             'accuracy_vs_uplink_bytes.png', True),
            ('bytes_down_per_client_round', 'downlink bytes per client-round',
             'accuracy_vs_downlink_bytes.png', True),
+           ('client_flops_per_round', 'training FLOPs per client-round',
+            'accuracy_vs_client_flops.png', True),
            ('epsilon', 'ε (at the config δ)', 'accuracy_vs_epsilon.png',
             False))
+  base = next((r for r in rows if r['grid'] == 'baseline'), None)
   for key, label, filename, log in specs:
     pts = [(r[key], r['accuracy_mean'], r) for r in rows
            if r.get(key) is not None]
@@ -384,6 +419,9 @@ def _plot(rows: Sequence[dict], sweep_dir: str) -> None:
         if p[2]['grid'] == 'baseline':
           ax.plot(p[0], p[1], '*', markersize=16, color='k',
                   label='baseline')
+      if key == 'epsilon' and base is not None:
+        ax.axhline(base['accuracy_mean'], color='k', linestyle='--',
+                   label='non-private baseline')
       if log:
         ax.set_xscale('log')
       ax.legend(loc='lower right')

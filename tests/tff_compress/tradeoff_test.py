@@ -74,10 +74,19 @@ class SweepEndToEndTest(absltest.TestCase):
     sweep_dir = self.create_tempdir().full_path
     code, out, err = self._run(f'--sweep_dir={sweep_dir}')
     self.assertEqual(code, 0, err[-2000:])
-    self.assertIn('[5/5]', out)
+    self.assertIn('[7/7]', out)
+    self.assertIn('  cell 7/7 | round    2/2', out)  # per-cell progress
     with open(os.path.join(sweep_dir, 'results.csv'), newline='') as f:
       rows = list(csv.DictReader(f))
-    self.assertLen(rows, 5)
+    self.assertLen(rows, 7)
+    by_grid = {r['grid']: r for r in rows}
+    # dense 784 -> 64 -> 10 at keep 0.5: about half the client FLOPs.
+    self.assertBetween(
+        float(by_grid['dropout']['client_flops_ratio_vs_baseline']),
+        0.45, 0.55)
+    self.assertGreater(float(by_grid['dp']['epsilon']), 0)
+    self.assertEqual(float(by_grid['dp']['delta']), 1e-5)
+    self.assertEqual(by_grid['baseline']['epsilon'], '')
     base = next(r for r in rows if r['grid'] == 'baseline')
     self.assertAlmostEqual(float(base['up_ratio_vs_baseline']), 1.0)
     one_bit = [r for r in rows if r.get('uplink.bits') == '1']
@@ -86,9 +95,9 @@ class SweepEndToEndTest(absltest.TestCase):
       self.assertGreater(float(r['up_ratio_vs_float32']), 20)
     for name in ('results.md', 'accuracy_vs_uplink_bytes.png',
                  'accuracy_vs_downlink_bytes.png',
-                 'accuracy_vs_epsilon.png'):
+                 'accuracy_vs_epsilon.png', 'accuracy_vs_client_flops.png'):
       self.assertTrue(os.path.exists(os.path.join(sweep_dir, name)), name)
-    self.assertLen(os.listdir(os.path.join(sweep_dir, 'cells')), 5)
+    self.assertLen(os.listdir(os.path.join(sweep_dir, 'cells')), 7)
 
     # Re-running (here with a process pool) skips every finished cell and
     # reproduces the table.
