@@ -141,17 +141,18 @@ def bounded_encode_with_info(coder: encoded.StructureCodec, value,
   def over(norm):
     return tf.logical_not(norm <= target)  # NaN counts as over
 
+  # Iteration 0 only measures (factor 1), so the decoder is traced once.
   def cond(i, unused_m, norm, unused_scale):
-    return tf.logical_and(i < max_rescales, over(norm))
+    return tf.logical_or(
+        tf.equal(i, 0), tf.logical_and(i <= max_rescales, over(norm)))
 
   def body(i, m, norm, scale):
-    factor = tf.math.divide_no_nan(target, norm)
+    factor = tf.where(tf.equal(i, 0), 1.0, tf.math.divide_no_nan(target, norm))
     m = scale_message(m, factor)
     return i + 1, m, decoded_norm(m), scale * factor
 
   _, message, norm, scale = tf.while_loop(
-      cond, body, (tf.constant(0), message, decoded_norm(message),
-                   tf.constant(1.0)))
+      cond, body, (tf.constant(0), message, target, tf.constant(1.0)))
   failed = over(norm)
   message = tf.cond(failed, lambda: scale_message(message, 0.0),
                     lambda: message)
