@@ -4,8 +4,11 @@ Every stage maps a float32 rank-1 tensor of static length n to a dict whose
 'values' entry feeds the next stage, plus side information ('min', 'max', ...)
 that must cross the network. All randomness is stateless, from a `seed`
 (int64 [2]) that both sides know (the broadcast sends it; see
-`tff_compress.learning.encoded`). Everything is pure TensorFlow, usable in
-graph mode inside `tff.tensorflow.computation`.
+`tff_compress.learning.encoded`), drawn from the integer-hash PRNG of
+`prng.py`. Everything is pure TensorFlow, usable in graph mode inside
+`tff.tensorflow.computation`, and converts to TFLite builtin ops only (no
+Flex), so a phone's TFLite graph runs the same encode/decode
+(`mobile_export`).
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ import math
 
 import tensorflow as tf
 
+from tff_compress.encoders import prng
+from tff_compress.encoders import wire
+
 
 class CodecError(ValueError):
   """Bad codec settings; the message names the config key."""
 
 
-class PayloadError(ValueError):
-  """A payload that cannot be decoded; the message names the failed check."""
+PayloadError = wire.PayloadError
 
 
 def next_pow2(n: int) -> int:
@@ -30,8 +35,7 @@ def next_pow2(n: int) -> int:
 
 def random_signs(n: int, seed: tf.Tensor) -> tf.Tensor:
   """n i.i.d. Rademacher signs (float32 ±1) from a stateless seed."""
-  u = tf.random.stateless_uniform([n], seed=seed, dtype=tf.float32)
-  return tf.where(u < 0.5, -1.0, 1.0)
+  return prng.signs(n, seed)
 
 
 def _sylvester(n: int) -> tf.Tensor:
@@ -196,8 +200,7 @@ class KashinStage(Stage):
 
   def _signs(self, chunks, f, seed):
     return tuple(
-        tf.reshape(random_signs(
-            chunks * f, tf.random.experimental.stateless_fold_in(seed, k)),
+        tf.reshape(random_signs(chunks * f, prng.fold_in(seed, k)),
                    [chunks, f]) for k in (0, 1))
 
   def encode(self, x, seed):
@@ -244,9 +247,11 @@ class SubsampleStage(Stage):
     return max(1, int(round(self.fraction * n)))
 
   def _indices(self, n, seed):
+    # The k largest of n distinct hashes: a uniformly random k-subset with
+    # no ties, so every runtime's top-k selects the same positions.
     k = self.output_length(n)
-    u = tf.random.stateless_uniform([n], seed=seed)
-    return tf.sort(tf.math.top_k(u, k=k, sorted=False).indices)
+    h = prng.hashes(n, seed)
+    return tf.sort(tf.math.top_k(h, k=k, sorted=False).indices)
 
   def encode(self, x, seed):
     n = x.shape[0]
@@ -265,7 +270,8 @@ class QuantizeStage(Stage):
   With L = 2^bits - 1 levels over [min, max], x maps to t = (x - min) L /
   (max - min) and is rounded up with probability t - floor(t): E[decode] = x
   and Var <= ((max - min) / L)^2 / 4 per coordinate. A constant tensor
-  (max == min) is sent exactly as min.
+  (max == min) is sent exactly as min. The uniforms have 16-bit resolution
+  (`prng.uniform`): the rounding-up probability is off by at most 2^-17.
   """
 
   name = 'quantize'
@@ -285,10 +291,13 @@ class QuantizeStage(Stage):
 
   def encode(self, x, seed):
     lo, hi = tf.reduce_min(x), tf.reduce_max(x)
-    scale = tf.math.divide_no_nan(self.levels, hi - lo)
+    span = hi - lo
+    # levels / span, or 0 for a constant tensor (DivNoNan has no TFLite op).
+    scale = tf.where(span > 0, self.levels / tf.where(span > 0, span, 1.0),
+                     0.0)
     t = (x - lo) * scale
     floor = tf.floor(t)
-    u = tf.random.stateless_uniform(tf.shape(x), seed=seed)
+    u = prng.uniform(x.shape[0], seed)
     codes = floor + tf.cast(u < t - floor, tf.float32)
     codes = tf.clip_by_value(codes, 0.0, self.levels)
     return collections.OrderedDict(
@@ -301,11 +310,17 @@ class QuantizeStage(Stage):
     return lo + codes * ((hi - lo) / self.levels)
 
 
+_POW2 = [1 << j for j in range(8)]
+
+
 class BitpackStage(Stage):
   """Packs integer codes of `bits` bits densely into uint8 bytes.
 
-  k codes take ceil(k * bits / 8) bytes. 1/2/4/8/16 bits use shifts within a
-  byte (or two bytes); other widths go through an explicit bit matrix.
+  k codes take ceil(k * bits / 8) bytes, least significant bits first.
+  1/2/4/8/16 bits use shifts within a byte (or two bytes); other widths go
+  through an explicit bit matrix. Left shifts are multiplications by 2^s and
+  masks are floor-mods (TFLite has RIGHT_SHIFT but no LEFT_SHIFT or
+  BITWISE_AND builtin); the bytes are the same.
   """
 
   name = 'bitpack'
@@ -332,17 +347,15 @@ class BitpackStage(Stage):
     elif 8 % b == 0:
       per = 8 // b
       padded = tf.pad(codes, [[0, -k % per]])
-      shifts = tf.constant([b * j for j in range(per)], tf.int32)
-      packed = tf.reduce_sum(
-          tf.bitwise.left_shift(tf.reshape(padded, [-1, per]), shifts), 1)
+      scales = tf.constant([1 << (b * j) for j in range(per)], tf.int32)
+      packed = tf.reduce_sum(tf.reshape(padded, [-1, per]) * scales, 1)
     else:
       bit_idx = tf.range(b, dtype=tf.int32)
-      bits = tf.bitwise.bitwise_and(
-          tf.bitwise.right_shift(codes[:, None], bit_idx), 1)
+      bits = tf.math.floormod(
+          tf.bitwise.right_shift(codes[:, None], bit_idx), 2)
       flat = tf.reshape(bits, [-1])
       flat = tf.pad(flat, [[0, -(k * b) % 8]])
-      packed = tf.reduce_sum(tf.bitwise.left_shift(
-          tf.reshape(flat, [-1, 8]), tf.range(8, dtype=tf.int32)), 1)
+      packed = tf.reduce_sum(tf.reshape(flat, [-1, 8]) * _POW2[:8], 1)
     return collections.OrderedDict(
         values=tf.cast(tf.reshape(packed, [-1]), tf.uint8))
 
@@ -356,14 +369,13 @@ class BitpackStage(Stage):
     elif 8 % b == 0:
       per = 8 // b
       shifts = tf.constant([b * j for j in range(per)], tf.int32)
-      codes = tf.bitwise.bitwise_and(
-          tf.bitwise.right_shift(data[:, None], shifts), (1 << b) - 1)
+      codes = tf.math.floormod(
+          tf.bitwise.right_shift(data[:, None], shifts), 1 << b)
       codes = tf.reshape(codes, [-1])
     else:
-      bits = tf.bitwise.bitwise_and(
+      bits = tf.math.floormod(
           tf.bitwise.right_shift(data[:, None], tf.range(8, dtype=tf.int32)),
-          1)
+          2)
       flat = tf.reshape(bits, [-1])[:n * b]
-      codes = tf.reduce_sum(tf.bitwise.left_shift(
-          tf.reshape(flat, [n, b]), tf.range(b, dtype=tf.int32)), 1)
+      codes = tf.reduce_sum(tf.reshape(flat, [n, b]) * _POW2[:b], 1)
     return codes[:n]

@@ -13,9 +13,11 @@ Seeds. The broadcast seed is a function of (config seed, round) held in the
 distributor's state and sent with the payload. An uplink seed must differ
 per client (independent quantization noise keeps the average unbiased with
 variance shrinking as 1/K) but TFF computations have no client identity, so
-each client derives it from a fingerprint of its own update and the round
-seed, and sends it (8 bytes). This keeps runs deterministic, hence resumable
-bit for bit.
+each client derives it from a digest of its own update, the config seed and
+the round (`prng.update_seed`), and sends it (16 bytes). This keeps runs
+deterministic, hence resumable bit for bit. Every seed derivation and random
+draw is the integer-hash PRNG of `tff_compress.encoders.prng`, which a
+phone's builtin-only TFLite graph reproduces exactly (`mobile_export`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import tensorflow_federated as tff
 
 from tff_compress.encoders import chain as chain_lib
 from tff_compress.encoders import factory as codec_factory
+from tff_compress.encoders import prng
 from tff_compress.learning import payload
 
 
@@ -83,6 +86,26 @@ class StructureCodec:
       self._chains.append(codec.chain() if compress else None)
 
   @property
+  def tensor_types(self) -> list:
+    """The flattened `tff.TensorType`s, in encoding order."""
+    return list(self._tensor_types)
+
+  def specs(self) -> list:
+    """Per tensor: {entry: (numpy dtype, count)} of what `encode` emits.
+
+    Uncompressed tensors have the single entry 'raw' (float32, size).
+    """
+    out = []
+    for t, chain in zip(self._tensor_types, self._chains):
+      size = int(np.prod(t.shape))
+      if chain is None:
+        out.append(collections.OrderedDict(
+            raw=(np.dtype(t.dtype), size)))
+      else:
+        out.append(chain.spec(size))
+    return out
+
+  @property
   def compressed_elements(self) -> int:
     return sum(int(np.prod(t.shape)) for t, c in
                zip(self._tensor_types, self._chains) if c is not None)
@@ -95,8 +118,7 @@ class StructureCodec:
       if chain is None:
         out.append(collections.OrderedDict(raw=tensor))
       else:
-        tensor_seed = tf.random.experimental.stateless_fold_in(seed, i)
-        out.append(chain.encode(tensor, tensor_seed))
+        out.append(chain.encode(tensor, prng.fold_in(seed, i)))
     return out
 
   def decode(self, encoded, seed: tf.Tensor):
@@ -107,9 +129,9 @@ class StructureCodec:
       if chain is None:
         flat.append(enc['raw'])
       else:
-        tensor_seed = tf.random.experimental.stateless_fold_in(seed, i)
         flat.append(tf.reshape(
-            chain.decode(enc, tuple(t.shape), tensor_seed), t.shape))
+            chain.decode(enc, tuple(t.shape), prng.fold_in(seed, i)),
+            t.shape))
     template = tff.types.structure_from_tensor_type_tree(
         lambda t: 0, self._value_type)
     return tf.nest.pack_sequence_as(template, flat)
@@ -199,14 +221,9 @@ class EncodedMeanFactory(tff.aggregators.WeightedAggregationFactory):
 
     @tff.tensorflow.computation(value_type, np.int64)
     def encode(value, round_num):
-      # A per-client seed: fingerprint of the client's own update, mixed
-      # with the round (see module docstring).
-      flat = [tf.reshape(tf.bitcast(tf.convert_to_tensor(t), tf.uint8), [-1])
-              for t in tf.nest.flatten(value)]
-      fp = tf.fingerprint(tf.expand_dims(tf.concat(flat, 0), 0))[0]
-      mixed = tf.bitcast(fp, tf.int64)
-      s = tf.stack([tf.cast(base_seed, tf.int64) ^ mixed,
-                    tf.cast(round_num, tf.int64)])
+      # A per-client seed: digest of the client's own update, mixed with
+      # the config seed and the round (see module docstring).
+      s = prng.update_seed(tf.nest.flatten(value), base_seed, round_num)
       return collections.OrderedDict(payload=coder.encode(value, s), seed=s)
 
     message_type = encode.type_signature.result

@@ -105,8 +105,16 @@ class ContractTest(parameterized.TestCase):
     decs = np.stack([round_trip(_seed(i)).numpy() for i in range(reps)])
     err = decs - x.numpy()
     # Unbiasedness: the mean error is within 5 standard errors (plus float
-    # round-off) for all but a handful of 400 coordinates.
-    se = err.std(axis=0) / math.sqrt(reps)
+    # round-off) for all but a handful of 400 coordinates. A coordinate that
+    # rounds up with probability p < ~1/reps may never move in `reps` draws
+    # and then has a sample SE of 0 although it is unbiased (with 8-bit
+    # quantization of this x a perfect RNG failed the bare 5-SE test in 36 %
+    # of trials), so the SE is floored at the largest per-coordinate spread
+    # / reps, the rule-of-three resolution of `reps` draws. A quantizer that
+    # under-rounds by 10 % still fails this test at 4-8 bits.
+    spread = (err.max(axis=0) - err.min(axis=0)).max()
+    se = np.sqrt((err.std(axis=0) / math.sqrt(reps))**2 +
+                 (spread / reps)**2)
     outside = np.abs(err.mean(axis=0)) > 5 * se + 1e-5
     self.assertLessEqual(outside.sum(), 2)
     # Variance bound of the quantizer on its actual input range.
@@ -181,22 +189,25 @@ class StageMathTest(parameterized.TestCase):
     kashin = stages.KashinStage(frame_ratio=2.0, iterations=6,
                                 frame_size=4096)
     hadamard = stages.HadamardStage()
-    c_k = kashin.encode(x, _seed(1))['values']
-    c_h = hadamard.encode(x, _seed(1))['values']
-    # Kashin's l_inf in units of ||x||/sqrt(N) is bounded and smaller than
-    # the rotated vector's; both representations are exact.
-    n_coef = int(tf.size(c_k))
-    k_ratio = float(tf.reduce_max(tf.abs(c_k)) * math.sqrt(n_coef) /
-                    tf.norm(x))
-    h_ratio = float(tf.reduce_max(tf.abs(c_h)) *
-                    math.sqrt(int(tf.size(c_h))) / tf.norm(x))
+
+    def linf_ratio(c):  # l_inf in units of ||x|| / sqrt(N)
+      return float(tf.reduce_max(tf.abs(c)) * math.sqrt(int(tf.size(c))) /
+                   tf.norm(x))
+
     # Clipped rounds add at most L_0 (1 + eta + ...) with L_0 = sqrt(ratio)
     # in these units; the final unclipped round adds the small residual.
     bound = math.sqrt(2.0) * sum(0.9**i for i in range(5)) + 1.0
-    self.assertLess(k_ratio, bound)
-    self.assertLess(k_ratio, 0.9 * h_ratio)
-    np.testing.assert_allclose(
-        kashin.decode({'values': c_k}, 2000, _seed(1)), x, atol=1e-5)
+    k_ratios, h_ratios = [], []
+    for i in range(8):
+      c_k = kashin.encode(x, _seed(i))['values']
+      k_ratios.append(linf_ratio(c_k))
+      h_ratios.append(linf_ratio(hadamard.encode(x, _seed(i))['values']))
+      np.testing.assert_allclose(  # the representation is exact
+          kashin.decode({'values': c_k}, 2000, _seed(i)), x, atol=1e-5)
+    # Kashin's l_inf is bounded for every seed and, typically, clearly
+    # smaller than the rotated vector's (one draw of each can overlap).
+    self.assertLess(max(k_ratios), bound)
+    self.assertLess(np.median(k_ratios), 0.9 * np.median(h_ratios))
 
   def test_kashin_frame_has_no_repeated_blocks(self):
     # Regression: one randomized Hadamard over an end-padded chunk repeats

@@ -1,0 +1,154 @@
+"""Counter-based integer-hash PRNG, identical on the server and on a phone.
+
+Every random choice of the codecs (rotation signs, subsampled positions,
+stochastic-rounding noise) and the per-client uplink seed come from here.
+TensorFlow's stateless random ops (Philox) and `tf.fingerprint` have no
+TFLite builtin kernel, so a phone running a builtin-only TFLite graph could
+not reproduce them; these functions use only ops that convert to TFLite
+builtins (int32 ADD/MUL/XOR/RIGHT_SHIFT/FLOOR_MOD, int64 RANGE/ADD/MUL/SUM,
+CAST, BITCAST, CONCATENATION, RESHAPE) and give bit-identical results in
+TensorFlow and in TFLite (tested in `tests/tff_compress/encoders/prng_test.py`
+and, in a TensorFlow-free runtime, `tests/mobile_export/`).
+
+The hash is Chris Wellons' `lowbias32` integer finalizer (xorshift-multiply)
+on 32-bit words held in int32 tensors: multiplications wrap modulo 2^32
+(TensorFlow and TFLite both compute the two's-complement product) and
+logical right shifts are an arithmetic shift followed by a floor-mod.
+Stream `i` of a seed is
+
+    h(i) = mix32(a * i + b  mod 2^32),   a odd, (a, b) = keys(seed),
+
+a bijection of i (an odd multiplier, an offset and a bijective finalizer),
+so the n hashes of one seed are distinct 32-bit values.
+
+Seeds keep the API of the stateless ops: int64 tensors of shape [2]; all 128
+bits enter the keys.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import tensorflow as tf
+
+_M1 = 0x7FEB352D
+_M2 = 0x846CA68B - (1 << 32)      # the same 32-bit pattern, as int32
+_GOLDEN = 0x9E3779B9 - (1 << 32)  # 2^32 / golden ratio
+_KEY_A, _KEY_B = 0x3C6EF372, 0x1B873593
+_FOLD_0, _FOLD_1 = 0x243F6A88, 0x085A308D
+_UPDATE = 0x13198A2E
+
+IntLike = Union[int, tf.Tensor]
+
+
+def _lsr(h: tf.Tensor, k: int) -> tf.Tensor:
+  """Logical right shift of 32-bit patterns held in int32."""
+  return tf.math.floormod(tf.bitwise.right_shift(h, k), 1 << (32 - k))
+
+
+def mix32(h: tf.Tensor) -> tf.Tensor:
+  """lowbias32: a bijection of 32-bit words (int32 in, int32 out)."""
+  h = tf.bitwise.bitwise_xor(h, _lsr(h, 16))
+  h = h * tf.constant(_M1, tf.int32)
+  h = tf.bitwise.bitwise_xor(h, _lsr(h, 15))
+  h = h * tf.constant(_M2, tf.int32)
+  return tf.bitwise.bitwise_xor(h, _lsr(h, 16))
+
+
+def _words(seed: tf.Tensor) -> list[tf.Tensor]:
+  """The four 32-bit words of an int64 [2] seed (little-endian order)."""
+  w = tf.reshape(tf.bitcast(tf.cast(seed, tf.int64), tf.int32), [4])
+  return [w[i] for i in range(4)]
+
+
+def _absorb(words: Sequence[tf.Tensor], init: int) -> tf.Tensor:
+  """A 32-bit digest of `words` (sponge-like: xor in, add, mix)."""
+  h = tf.constant(init, tf.int32)
+  for w in words:
+    h = mix32(tf.bitwise.bitwise_xor(h, tf.cast(w, tf.int32)) +
+              tf.constant(_GOLDEN, tf.int32))
+  return h
+
+
+def keys(seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """(a, b): odd multiplier and offset of the seed's counter stream."""
+  words = _words(seed)
+  a = _absorb(words, _KEY_A) * 2 + 1
+  return a, _absorb(words, _KEY_B)
+
+
+def _counters(n: int, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+  """(a i + b) mod 2^32 for i = 0 .. n-1, as int32.
+
+  Built by a RANGE over the runtime bounds [0, a n) in steps of a (int64,
+  a taken in [1, 2^32)): a `tf.range(n)` constant would be folded into a
+  .tflite file as 4 n bytes.
+  """
+  a = tf.math.floormod(tf.cast(a, tf.int64), 1 << 32)
+  i = tf.range(tf.constant(0, tf.int64), a * n, a)
+  return tf.reshape(tf.cast(i + tf.cast(b, tf.int64), tf.int32), [n])
+
+
+def hashes(n: int, seed: tf.Tensor) -> tf.Tensor:
+  """n distinct pseudo-random 32-bit words (int32 [n]) for `seed`."""
+  a, b = keys(seed)
+  return mix32(_counters(n, a, b))
+
+
+def uniform(n: int, seed: tf.Tensor) -> tf.Tensor:
+  """n float32 uniforms on the grid (v + 1/2) / 2^16, v = 0 .. 2^16 - 1.
+
+  Each 32-bit hash yields two 16-bit values (high and low halves; about
+  half the work of one hash per value). Against a continuous uniform,
+  P(u < t) is off by at most 2^-17 for any t in [0, 1]: stochastic rounding
+  with these uniforms is unbiased to within 2^-17 of one quantization step.
+  """
+  h = hashes((n + 1) // 2, seed)
+  v = tf.concat([_lsr(h, 16), tf.math.floormod(h, 1 << 16)], 0)[:n]
+  return (tf.cast(v, tf.float32) + 0.5) * (1.0 / (1 << 16))
+
+
+def signs(n: int, seed: tf.Tensor) -> tf.Tensor:
+  """n i.i.d. Rademacher signs (float32 +-1): 32 signs per hash word."""
+  h = hashes((n + 31) // 32, seed)
+  bits = tf.math.floormod(
+      tf.bitwise.right_shift(h[:, None], tf.range(32, dtype=tf.int32)), 2)
+  return tf.reshape(1.0 - 2.0 * tf.cast(bits, tf.float32), [-1])[:n]
+
+
+def fold_in(seed: tf.Tensor, data: IntLike) -> tf.Tensor:
+  """A new int64 [2] seed from `seed` and a 32-bit integer `data`."""
+  words = _words(seed) + [tf.cast(data, tf.int32)]
+  return tf.cast(tf.stack([_absorb(words, _FOLD_0),
+                           _absorb(words, _FOLD_1)]), tf.int64)
+
+
+def fingerprint(tensors: Sequence[tf.Tensor], seed: tf.Tensor) -> tf.Tensor:
+  """int32 digest of the exact float32 bits of `tensors` (order-sensitive).
+
+  sum_i mix32(bits_i + a i + b) per tensor, (a, b) = keys(seed), summed in
+  int64 and wrapped to 32 bits, the tensors' digests chained through
+  `_absorb`. Replaces `tf.fingerprint` (no TFLite kernel).
+  """
+  a, b = keys(seed)
+  digests = []
+  for t in tensors:
+    bits = tf.bitcast(tf.reshape(tf.cast(t, tf.float32), [-1]), tf.int32)
+    h = mix32(bits + _counters(bits.shape[0], a, b))
+    digests.append(tf.cast(tf.reduce_sum(tf.cast(h, tf.int64)), tf.int32))
+  return _absorb(digests, _UPDATE)
+
+
+def update_seed(values: Sequence[tf.Tensor], base_seed: IntLike,
+                round_num: IntLike) -> tf.Tensor:
+  """The uplink seed of one client: [digest(base seed, update), round].
+
+  Clients need independent quantization noise but carry no identity, so
+  the seed is a function of the client's own update (see
+  `tff_compress.learning.encoded`); a phone computes the same value in its
+  TFLite graph.
+  """
+  seed = tf.stack([tf.cast(base_seed, tf.int64),
+                   tf.cast(round_num, tf.int64)])
+  digest = _absorb([fingerprint(values, seed)] + _words(seed), _UPDATE)
+  return tf.stack([tf.cast(digest, tf.int64), seed[1]])
