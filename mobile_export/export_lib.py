@@ -1,0 +1,378 @@
+"""Run directory -> trainer.tflite, int8 inference.tflite and manifest.json.
+
+Library code: no flags. `export.py` parses flags and calls :func:`export`.
+
+* trainer.tflite: the on-device trainer (`trainer.py`) built from the run's
+  model definition (`model_registry.build_model`, the Federated Dropout
+  submodel's widths when dropout is configured), initialised with the run's
+  final weights, with the run's local optimizer, batch size and codecs;
+  converted with TFLite builtin ops only. A model with a layer that has no
+  builtin backward pass falls back to Flex (`allow_flex`), loudly.
+* inference.tflite: post-training full-integer (int8) quantization of the
+  same model (float32 input/output), calibrated on training examples;
+  optionally magnitude-pruned first (tfmot), with its accuracy cost.
+* manifest.json: signatures, tensor names/shapes/dtypes, the payload layout
+  of every broadcast/update entry, codec settings, submodel shapes, ops
+  used, whether Flex is needed, file sizes and measured accuracies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Optional, TextIO
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from mobile_export import convert
+from mobile_export import layers as layers_lib
+from mobile_export import trainer as trainer_lib
+from tff_compress import config_lib
+from tff_compress.data import registry as data_registry
+from tff_compress.dropout import submodel as submodel_lib
+from tff_compress.models import registry as model_registry
+from tff_compress.program import run_dir as run_dir_lib
+
+MANIFEST_FORMAT = 1
+
+
+class ExportError(ValueError):
+  """The run directory cannot be exported (message says why)."""
+
+
+def load_run(run_dir: str):
+  """(config, weights list) of a finished run directory."""
+  if not os.path.isdir(run_dir):
+    raise ExportError(f'run directory not found: {run_dir}')
+  config_path = os.path.join(run_dir, 'config.json')
+  if not os.path.isfile(config_path):
+    raise ExportError(f'{run_dir} is not a run directory (no config.json)')
+  try:
+    with open(config_path) as f:
+      saved = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ExportError(f'{config_path} is not valid JSON ({e})') from e
+  try:
+    # Keys added to the project after the run was made take their defaults
+    # (every new capability defaults to off).
+    config = config_lib.validate(_merged(config_lib.default_config(), saved))
+  except config_lib.ConfigError as e:
+    raise ExportError(f'{config_path}: {e}') from e
+  weights_path = os.path.join(run_dir, 'final_weights.npz')
+  if not os.path.isfile(weights_path):
+    raise ExportError(f'{run_dir} has no final_weights.npz (the run has not '
+                      'finished; re-run the same simulate command)')
+  try:
+    with np.load(weights_path) as npz:
+      weights = [npz[f'arr_{i}'] for i in range(len(npz.files))]
+  except (OSError, ValueError, KeyError) as e:
+    raise ExportError(f'{weights_path} is unreadable ({e})') from e
+  return config, weights
+
+
+def _merged(config: ml_collections.ConfigDict, saved, prefix=''):
+  if not isinstance(saved, dict):
+    raise config_lib.ConfigError(f'config section {prefix!r} is not a dict')
+  for key, value in saved.items():
+    if key not in config:
+      raise config_lib.ConfigError(f'unknown config key {prefix + key!r}')
+    if isinstance(config[key], ml_collections.ConfigDict):
+      _merged(config[key], value, f'{prefix}{key}.')
+    else:
+      config[key] = value
+  return config
+
+
+def dropout_plan(config, model: tf.keras.Model
+                 ) -> Optional[submodel_lib.SubmodelPlan]:
+  """The Federated Dropout submodel plan of `dropout.*`, or None.
+
+  The same rule as the simulation (`learning.process.dropout_plan`): keep
+  fractions from `dropout.keep` / `dropout.per_layer`, None if every unit
+  is kept.
+  """
+  try:
+    per_layer = submodel_lib.parse_per_layer(config.dropout.per_layer)
+    if config.dropout.keep == 1.0 and not per_layer:
+      return None
+    plan = submodel_lib.build_plan(model, submodel_lib.keep_fractions(
+        model, config.dropout.keep, per_layer))
+  except submodel_lib.SubmodelError as e:
+    raise ExportError(str(e)) from e
+  return None if plan.is_identity else plan
+
+
+def build_keras_model(config, input_shape, num_classes, widths=None,
+                      scales=None):
+  kwargs = {'seed': config.seed}
+  if widths:
+    kwargs['widths'] = dict(widths)
+  if scales:
+    kwargs['scales'] = dict(scales)
+  return model_registry.build_model(config.model.name, input_shape,
+                                    num_classes, **kwargs)
+
+
+def _signature_details(model: bytes) -> dict:
+  interpreter = tf.lite.Interpreter(model_content=model)
+  out = {}
+  for key in sorted(interpreter.get_signature_list()):
+    runner = interpreter.get_signature_runner(key)
+    out[key] = {
+        side: {name: {'shape': [int(d) for d in detail['shape_signature']],
+                      'dtype': np.dtype(detail['dtype']).name}
+               for name, detail in sorted(details.items())}
+        for side, details in (('inputs', runner.get_input_details()),
+                              ('outputs', runner.get_output_details()))}
+  return out
+
+
+def _tensor_layout(specs, shapes, names, io_key):
+  out = []
+  for i, (spec, shape) in enumerate(zip(specs, shapes)):
+    out.append({
+        'index': i,
+        'weight': names[i],
+        'shape': list(shape),
+        'elements': int(np.prod(shape)),
+        'entries': [{'key': key, io_key: trainer_lib.entry_name(i, key),
+                     'dtype': np.dtype(dtype).name, 'count': int(count)}
+                    for key, (dtype, count) in spec.items()],
+    })
+  return out
+
+
+def _accuracy_tflite(model: bytes, x: np.ndarray, y: np.ndarray) -> float:
+  interpreter = tf.lite.Interpreter(model_content=model)
+  infer = interpreter.get_signature_runner()
+  correct = 0
+  for a in range(0, len(y), 100):
+    logits = infer(x=x[a:a + 100])['logits']
+    correct += int((np.argmax(logits, 1) == y[a:a + 100]).sum())
+  return correct / len(y)
+
+
+def _accuracy_keras(model: tf.keras.Model, x, y) -> float:
+  logits = model.predict(x, batch_size=100, verbose=0)
+  return float((np.argmax(logits, 1) == y).mean())
+
+
+def inference_model(keras_model: tf.keras.Model, calibration: np.ndarray,
+                    int8: bool = True) -> bytes:
+  """infer(x) -> logits as TFLite: float, or full-integer int8 (float I/O)."""
+  module = tf.Module()
+  module.model = keras_model
+  module.infer = tf.function(
+      lambda x: {'logits': keras_model(x, training=False)},
+      input_signature=[tf.TensorSpec([None, *keras_model.input_shape[1:]],
+                                     tf.float32, 'x')])
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+      [module.infer.get_concrete_function()], module)
+  if int8:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+
+    def representative():
+      for row in calibration:
+        yield {'x': row[None]}
+
+    converter.representative_dataset = representative
+  return converter.convert()
+
+
+def prune(keras_model: tf.keras.Model, sparsity: float,
+          x: np.ndarray) -> tf.keras.Model:
+  """One-shot magnitude pruning (tfmot) of every Conv2D/Dense kernel.
+
+  tfmot's `prune_low_magnitude` with a constant target sparsity, masks
+  computed by one pruning step (a zero-learning-rate pass over one batch:
+  the masks depend on weight magnitudes only), then `strip_pruning`. No
+  fine-tuning: in federated learning the server holds no training data, so
+  the reported accuracy cost is that of pruning alone.
+  """
+  # pylint: disable=g-import-not-at-top
+  import tensorflow_model_optimization as tfmot
+  # pylint: enable=g-import-not-at-top
+  schedule = tfmot.sparsity.keras.ConstantSparsity(sparsity, begin_step=0,
+                                                   frequency=1)
+  pruned = tfmot.sparsity.keras.prune_low_magnitude(
+      keras_model, pruning_schedule=schedule)
+  pruned.compile(optimizer=tf.keras.optimizers.SGD(0.0),
+                 loss=tf.keras.losses.SparseCategoricalCrossentropy(
+                     from_logits=True))
+  pruned.fit(x[:32], np.zeros([min(32, len(x))], np.int32), epochs=1,
+             batch_size=32, verbose=0,
+             callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+  return tfmot.sparsity.keras.strip_pruning(pruned)
+
+
+def export(run_dir: str, out_dir: Optional[str] = None,
+           prune_sparsity: float = 0.0, allow_flex: bool = True,
+           calibration_examples: int = 256,
+           out: TextIO = sys.stdout) -> dict:
+  """Exports a run directory; returns the manifest (also written).
+
+  Args:
+    run_dir: A finished run directory (config.json, final_weights.npz).
+    out_dir: Output folder (default `<run_dir>/tflite`).
+    prune_sparsity: Fraction of kernel weights zeroed before the int8
+      conversion (0 = no pruning).
+    allow_flex: Fall back to a Flex trainer if a layer has no builtin
+      backward pass (reported in the manifest); else raise.
+    calibration_examples: Training examples for int8 calibration.
+    out: Progress lines.
+
+  Raises:
+    ExportError: unusable run directory or settings.
+  """
+  if not 0.0 <= prune_sparsity < 1.0:
+    raise ExportError(f'--prune_sparsity={prune_sparsity} is not in [0, 1)')
+  t0 = time.monotonic()
+  config, weights = load_run(run_dir)
+  out_dir = out_dir or os.path.join(run_dir, 'tflite')
+  data = data_registry.build_federated_data(config.data, seed=config.seed)
+  full_model = build_keras_model(config, data.input_shape, data.num_classes)
+  got = [tuple(w.shape) for w in weights]
+  want = [tuple(w.shape) for w in full_model.weights]
+  if got != want:
+    raise ExportError(
+        f'final_weights.npz holds shapes {got}, but model '
+        f'{config.model.name!r} of this config has {want}')
+  full_model.set_weights(weights)
+  plan = dropout_plan(config, full_model)
+  widths = plan.widths if plan is not None else {}
+  if plan is not None:
+    # Clients train the submodel (with the simulation's activation scales).
+    # Its initial weights are the first k units of each layer; every
+    # round's broadcast replaces them with that client's submodel.
+    device_model = build_keras_model(
+        config, data.input_shape, data.num_classes, widths,
+        plan.scales if config.dropout.rescale else None)
+    first_k = {l: tf.range(k, dtype=tf.int32) for l, k in widths.items()}
+    device_weights = [np.asarray(w) for w in plan.gather(weights, first_k)]
+  else:
+    device_model, device_weights = full_model, weights
+
+  settings = trainer_lib.TrainerSettings.from_config(config)
+  try:
+    trainer = trainer_lib.build_trainer(device_model, device_weights,
+                                        settings, allow_flex=allow_flex)
+  except layers_lib.UnsupportedLayerError as e:
+    raise ExportError(f'{e}; pass --allow_flex to export a Flex trainer') from e
+  if trainer.uses_flex:
+    print('WARNING: model has a layer without a builtin backward pass; '
+          'trainer.tflite NEEDS THE FLEX DELEGATE (see manifest.json)',
+          file=out, flush=True)
+  print(f'converting the trainer ({config.model.name}, '
+        f'{sum(w.size for w in device_weights):,} parameters) ...',
+        file=out, flush=True)
+  trainer_bytes = convert.convert_trainer(trainer)
+  ops = convert.ops_used(trainer_bytes)
+
+  # Inference: int8 PTQ of the full model (optionally pruned first).
+  rng = np.random.default_rng(config.seed)
+  pool = []
+  for client in rng.permutation(len(data.client_ids))[:20]:
+    pool.append(data.client_arrays(data.client_ids[client])[0])
+  pool = np.concatenate(pool)
+  calibration = pool[rng.permutation(len(pool))[:calibration_examples]]
+  test_x, test_y = data.test_x, data.test_y
+  float_acc = _accuracy_keras(full_model, test_x, test_y)
+  inference_keras = full_model
+  pruning = None
+  if prune_sparsity > 0:
+    inference_keras = prune(full_model, prune_sparsity, calibration)
+    kernels = [w for w in inference_keras.weights if len(w.shape) > 1]
+    zeros = sum(int(np.sum(w.numpy() == 0)) for w in kernels)
+    pruning = {
+        'target_sparsity': prune_sparsity,
+        'kernel_sparsity': zeros / sum(int(np.prod(w.shape))
+                                       for w in kernels),
+        'float_accuracy': _accuracy_keras(inference_keras, test_x, test_y),
+    }
+  print('converting the int8 inference model ...', file=out, flush=True)
+  int8_bytes = inference_model(inference_keras, calibration, int8=True)
+  int8_acc = _accuracy_tflite(int8_bytes, test_x, test_y)
+  if pruning is not None:
+    pruning['int8_accuracy'] = int8_acc
+    pruning['accuracy_cost_vs_unpruned_float'] = float_acc - int8_acc
+
+  os.makedirs(out_dir, exist_ok=True)
+  files = {'trainer.tflite': trainer_bytes, 'inference.tflite': int8_bytes}
+  for name, blob in files.items():
+    with open(os.path.join(out_dir, name), 'wb') as f:
+      f.write(blob)
+  float_bytes = int(sum(w.nbytes for w in device_weights))
+  shapes = [tuple(w.shape) for w in device_weights]
+  names = [w.name for w in device_model.weights]
+  flex = convert.flex_ops(ops)
+  manifest = {
+      'format': MANIFEST_FORMAT,
+      'run_dir': os.path.abspath(run_dir),
+      'config_name': config.name,
+      'model': config.model.name,
+      'input_shape': list(data.input_shape),
+      'num_classes': int(data.num_classes),
+      'seed': int(config.seed),
+      'batch_size': settings.batch_size,
+      'epochs': int(config.client.epochs),
+      'optimizer': {'name': 'sgdm' if settings.momentum else 'sgd',
+                    'learning_rate': settings.learning_rate,
+                    'momentum': settings.momentum},
+      'weights': [{'param': f'a{i}', 'name': n, 'shape': list(s)}
+                  for i, (n, s) in enumerate(zip(names, shapes))],
+      'submodel': {'federated_dropout': plan is not None,
+                   'widths': widths,
+                   'scales': (plan.scales if plan is not None and
+                              config.dropout.rescale else {}),
+                   'full_model_shapes': [list(w.shape) for w in weights]},
+      'codecs': {
+          'broadcast': _codec_json(settings.broadcast),
+          'uplink': _codec_json(settings.uplink),
+      },
+      'broadcast_tensors': _tensor_layout(
+          trainer.broadcast_coder.specs(), shapes, names, 'input'),
+      'update_tensors': _tensor_layout(
+          trainer.uplink_coder.specs(), shapes, names, 'output'),
+      'signatures': _signature_details(trainer_bytes),
+      'ops': ops,
+      'flex_required': bool(flex),
+      'flex_ops': flex,
+      'builtin_backward': not trainer.uses_flex,
+      'files': {
+          'trainer.tflite': len(trainer_bytes),
+          'inference.tflite': len(int8_bytes),
+          'float_weights': float_bytes,
+          'trainer_vs_float_weights': len(trainer_bytes) / float_bytes,
+      },
+      'inference': {
+          'quantization': 'post-training full-integer int8, float32 '
+                          'input/output',
+          'calibration_examples': int(len(calibration)),
+          'test_examples': int(len(test_y)),
+          'float_accuracy': float_acc,
+          'int8_accuracy': int8_acc,
+          'int8_accuracy_loss_pt': 100 * (float_acc - int8_acc),
+          'pruning': pruning,
+      },
+  }
+  run_dir_lib.write_json(os.path.join(out_dir, 'manifest.json'), manifest)
+  print(f'wrote {out_dir}: trainer.tflite {len(trainer_bytes):,} B '
+        f'({len(trainer_bytes) / float_bytes:.3f}x the float weights, '
+        f'{"FLEX NEEDED" if flex else "builtin ops only"}), '
+        f'inference.tflite {len(int8_bytes):,} B; test accuracy float '
+        f'{float_acc:.4f} int8 {int8_acc:.4f}'
+        + (f' (pruned {prune_sparsity:.0%}: float '
+           f'{pruning["float_accuracy"]:.4f})' if pruning else '')
+        + f' | {time.monotonic() - t0:.0f} s', file=out, flush=True)
+  return manifest
+
+
+def _codec_json(codec) -> dict:
+  return {'transform': codec.transform, 'bits': codec.bits,
+          'subsample': codec.subsample, 'min_size': codec.min_size,
+          'identity': codec.is_identity}

@@ -1,0 +1,314 @@
+"""The on-device trainer: a `tf.Module` whose signatures convert to TFLite.
+
+Signatures (input -> output names; Flower's Android convention for the first
+four):
+
+* `train(x, y) -> loss`: one SGD(M) step on a batch of exactly
+  `batch_size` rows (rows labelled -1 are padding and contribute nothing);
+* `infer(x) -> logits`: any number of rows;
+* `parameters() -> a0..aN`: the weights, Keras order;
+* `restore(a0..aN) -> a0..aN`: set the weights, make them the reference of
+  the next update and reset the optimizer (a new local round);
+* `load_broadcast(round, [seed,] t<i>_<entry>...) -> round`: decode the
+  server's broadcast payload (the tensors `StructureCodec.encode` produced
+  on the server for tensor i; entry names have '/' replaced by '_') with the
+  same `StructureCodec.decode` the simulation uses, then as `restore`;
+* `encode_update() -> seed, finite, t<i>_<entry>...`: the update
+  (received - trained weights, TFF's model-delta convention; all zeros if
+  any entry is not finite, and `finite` = 0) encoded with the uplink codec
+  and the seed `prng.update_seed(update, config seed, round)`, exactly what
+  the simulation's `EncodedMeanFactory` sends.
+
+The local optimizer is TFF's `build_sgdm`: a = m a + g, w -= lr a (plain
+SGD when m = 0), with the accumulator reset by `restore`/`load_broadcast`,
+as TFF's client work starts each round with a fresh optimizer state.
+
+Gradients come from the explicit builtin-op backward passes of
+`layers.py`. If the model has a layer without one, `build_trainer` can fall
+back to `tf.GradientTape` (Flex ops) and says so: `Trainer.uses_flex`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from mobile_export import layers as layers_lib
+from tff_compress.encoders import prng
+from tff_compress.learning import encoded
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSettings:
+  """What the trainer needs from a run's config.
+
+  Attributes:
+    batch_size: Rows per `train` call (`client.batch_size`).
+    learning_rate: Local SGD step size (`client.learning_rate`).
+    momentum: Local SGD momentum (`client.momentum`; 0 = plain SGD).
+    broadcast: Server->client codec (`broadcast.*`).
+    uplink: Client->server codec (`uplink.*`).
+    seed: The config seed (enters the uplink seed).
+  """
+
+  batch_size: int
+  learning_rate: float
+  momentum: float
+  broadcast: encoded.CodecConfig
+  uplink: encoded.CodecConfig
+  seed: int
+
+  @classmethod
+  def from_config(cls, config) -> 'TrainerSettings':
+    return cls(
+        batch_size=int(config.client.batch_size),
+        learning_rate=float(config.client.learning_rate),
+        momentum=float(config.client.momentum),
+        broadcast=encoded.CodecConfig.from_config('broadcast',
+                                                  config.broadcast),
+        uplink=encoded.CodecConfig.from_config('uplink', config.uplink),
+        seed=int(config.seed))
+
+
+def entry_name(tensor_index: int, key: str) -> str:
+  """Signature tensor name of one payload entry ('quantize/min' -> ...)."""
+  return f't{tensor_index}_{key.replace("/", "_")}'
+
+
+def model_value_type(shapes: Sequence[Sequence[int]]):
+  """The TFF type the codecs see: a list of float32 tensors.
+
+  The simulation encodes `ModelWeights` (trainable, then the empty
+  non-trainable list) or the trainable list; both flatten to these tensors
+  in this order, so each tensor gets the same chain and seed index.
+  """
+  return tff.types.StructWithPythonType(
+      [tff.TensorType(np.float32, tuple(s)) for s in shapes], list)
+
+
+class Trainer(tf.Module):
+  """Variables and signature functions of the on-device trainer."""
+
+  def __init__(self, network: layers_lib.Network,
+               weights: Sequence[np.ndarray], settings: TrainerSettings,
+               keras_model: Optional[tf.keras.Model] = None):
+    """Builds the trainer.
+
+    Args:
+      network: The layer description (`layers.network_from_keras`), or
+        None to train `keras_model` with `tf.GradientTape` (needs Flex).
+      weights: Initial weights, Keras order (e.g. a run's final weights).
+      settings: Batch size, optimizer and codecs.
+      keras_model: Only for the tape fallback.
+    """
+    super().__init__(name='trainer')
+    if network is None and keras_model is None:
+      raise ValueError('need a network or a Keras model')
+    self._network = network
+    self._keras = keras_model
+    self.settings = settings
+    self.weight_shapes = [tuple(int(d) for d in w.shape) for w in weights]
+    self.input_shape = (network.input_shape if network is not None else
+                        tuple(int(d) for d in keras_model.input_shape[1:]))
+    self.num_classes = (network.num_classes if network is not None else
+                        int(keras_model.output_shape[-1]))
+    self.uses_flex = network is None
+    if keras_model is not None and network is None:
+      self.weights = list(keras_model.trainable_variables)
+      for v, w in zip(self.weights, weights):
+        v.assign(w)
+    else:
+      self.weights = [tf.Variable(w, name=f'w{i}')
+                      for i, w in enumerate(weights)]
+    # The weights the next update is relative to, and the SGDM state. Both
+    # start from the same arrays as the weights, which the converter stores
+    # once (identical constants are shared), so trainer.tflite holds the
+    # weights once, not three times. The accumulators' content is ignored
+    # until the first step of a round (`momentum_on` = 0 then), so they need
+    # no stored zeros and no zeroing pass. (Variables of unspecified shape
+    # would avoid the copies too, but crash XNNPACK in ai-edge-litert.)
+    self.received = [tf.Variable(w, name=f'received{i}')
+                     for i, w in enumerate(weights)]
+    self.accumulators = ([tf.Variable(w, name=f'accum{i}')
+                          for i, w in enumerate(weights)]
+                         if settings.momentum else [])
+    self.momentum_on = tf.Variable(0.0, name='momentum_on')
+    self.round = tf.Variable(tf.constant(0, tf.int64), name='round')
+    self.broadcast_coder = encoded.StructureCodec(
+        model_value_type(self.weight_shapes), settings.broadcast)
+    self.uplink_coder = encoded.StructureCodec(
+        model_value_type(self.weight_shapes), settings.uplink)
+
+  # ---- specs ----
+
+  def broadcast_inputs(self) -> 'collections.OrderedDict[str, tf.TensorSpec]':
+    """Input specs of `load_broadcast`, in payload order."""
+    specs = collections.OrderedDict(round=tf.TensorSpec([], tf.int64, 'round'))
+    if not self.settings.broadcast.is_identity:
+      specs['seed'] = tf.TensorSpec([2], tf.int64, 'seed')
+    for i, spec in enumerate(self.broadcast_coder.specs()):
+      for key, (dtype, count) in spec.items():
+        name = entry_name(i, key)
+        specs[name] = tf.TensorSpec([count], tf.as_dtype(dtype), name)
+    return specs
+
+  def update_outputs(self) -> list[tuple[str, int, str, np.dtype, int]]:
+    """(name, tensor index, entry, dtype, count) of `encode_update`."""
+    out = []
+    for i, spec in enumerate(self.uplink_coder.specs()):
+      for key, (dtype, count) in spec.items():
+        out.append((entry_name(i, key), i, key, np.dtype(dtype), count))
+    return out
+
+  # ---- the computations ----
+
+  def _loss_and_grads(self, x, y, weights):
+    if self._network is not None:
+      return self._network.loss_and_grads(x, y, weights)
+    with tf.GradientTape() as tape:
+      logits = self._keras(x, training=True)
+      valid = tf.cast(y >= 0, tf.float32)
+      per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(
+          tf.maximum(y, 0), logits)
+      loss = tf.reduce_sum(per_row * valid) / tf.maximum(
+          tf.reduce_sum(valid), 1.0)
+    return loss, tape.gradient(loss, self.weights)
+
+  def train_step(self, x, y):
+    """One SGD(M) step; returns the mean loss of the valid rows."""
+    weights = [v.read_value() for v in self.weights]
+    loss, grads = self._loss_and_grads(x, y, weights)
+    lr = tf.constant(self.settings.learning_rate, tf.float32)
+    if self.settings.momentum:
+      # a <- m a + g, with a = 0 before the round's first step.
+      m = tf.constant(self.settings.momentum, tf.float32) * self.momentum_on
+      for v, a, g in zip(self.weights, self.accumulators, grads):
+        new_a = m * a + g
+        a.assign(new_a)
+        v.assign(v - lr * new_a)
+      self.momentum_on.assign(1.0)
+    else:
+      for v, g in zip(self.weights, grads):
+        v.assign(v - lr * g)
+    return loss
+
+  def logits(self, x):
+    if self._network is not None:
+      return self._network.logits(x, [v.read_value() for v in self.weights])
+    return self._keras(x, training=False)
+
+  def _start_round(self, values, round_num):
+    for v, r, t in zip(self.weights, self.received, values):
+      v.assign(t)
+      r.assign(t)
+    self.momentum_on.assign(0.0)
+    self.round.assign(round_num)
+
+  def load_broadcast(self, payload: dict):
+    """Decodes the broadcast entries (see `broadcast_inputs`) and loads them."""
+    encoded_list = []
+    for i, spec in enumerate(self.broadcast_coder.specs()):
+      entries = collections.OrderedDict(
+          (key, payload[entry_name(i, key)]) for key in spec)
+      if 'raw' in entries:  # sent flat, like every entry
+        entries['raw'] = tf.reshape(entries['raw'], self.weight_shapes[i])
+      encoded_list.append(entries)
+    seed = payload.get('seed', tf.zeros([2], tf.int64))
+    values = self.broadcast_coder.decode(encoded_list, seed)
+    self._start_round(tf.nest.flatten(values), payload['round'])
+    return payload['round']
+
+  def update(self):
+    """(update tensors, finite flag): received - trained, zeroed if not finite."""
+    deltas = [r - v for r, v in zip(self.received, self.weights)]
+    finite = tf.reduce_all(tf.stack(
+        [tf.reduce_all(tf.math.is_finite(d)) for d in deltas]))
+    deltas = [tf.where(finite, d, 0.0) for d in deltas]
+    return deltas, finite
+
+  def encode_update(self):
+    deltas, finite = self.update()
+    if self.settings.uplink.is_identity:
+      seed = tf.stack([tf.constant(0, tf.int64), self.round.read_value()])
+    else:
+      seed = prng.update_seed(deltas, self.settings.seed,
+                              self.round.read_value())
+    payload = self.uplink_coder.encode(deltas, seed)
+    out = collections.OrderedDict(seed=seed,
+                                  finite=tf.cast(finite, tf.int32))
+    for i, entries in enumerate(payload):
+      for key, t in entries.items():
+        out[entry_name(i, key)] = tf.reshape(t, [-1])
+    return out
+
+  # ---- signatures ----
+
+  def signatures(self) -> dict:
+    """Concrete functions keyed by signature name."""
+    n = len(self.weights)
+    param_specs = {f'a{i}': tf.TensorSpec(s, tf.float32, f'a{i}')
+                   for i, s in enumerate(self.weight_shapes)}
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([self.settings.batch_size, *self.input_shape],
+                      tf.float32, 'x'),
+        tf.TensorSpec([self.settings.batch_size], tf.int32, 'y')])
+    def train(x, y):
+      return {'loss': self.train_step(x, y)}
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, *self.input_shape], tf.float32, 'x')])
+    def infer(x):
+      return {'logits': self.logits(x)}
+
+    @tf.function(input_signature=[])
+    def parameters():
+      return {f'a{i}': self.weights[i].read_value() for i in range(n)}
+
+    @tf.function
+    def restore(**kwargs):
+      self._start_round([kwargs[f'a{i}'] for i in range(n)],
+                        self.round.read_value())
+      return {f'a{i}': tf.identity(kwargs[f'a{i}']) for i in range(n)}
+
+    @tf.function
+    def load_broadcast(**kwargs):
+      return {'round': self.load_broadcast(kwargs)}
+
+    @tf.function(input_signature=[])
+    def encode_update():
+      return self.encode_update()
+
+    return {
+        'train': train.get_concrete_function(),
+        'infer': infer.get_concrete_function(),
+        'parameters': parameters.get_concrete_function(),
+        'restore': restore.get_concrete_function(**param_specs),
+        'load_broadcast': load_broadcast.get_concrete_function(
+            **self.broadcast_inputs()),
+        'encode_update': encode_update.get_concrete_function(),
+    }
+
+
+def build_trainer(keras_model: tf.keras.Model,
+                  weights: Sequence[np.ndarray],
+                  settings: TrainerSettings,
+                  allow_flex: bool = False) -> Trainer:
+  """A builtin-only trainer, or (allow_flex) a tape-based one if needed.
+
+  Raises:
+    layers_lib.UnsupportedLayerError: a layer has no builtin backward pass
+      and `allow_flex` is False.
+  """
+  try:
+    network = layers_lib.network_from_keras(keras_model)
+  except layers_lib.UnsupportedLayerError:
+    if not allow_flex:
+      raise
+    return Trainer(None, weights, settings, keras_model=keras_model)
+  return Trainer(network, weights, settings)
