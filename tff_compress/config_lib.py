@@ -154,14 +154,15 @@ def default_config() -> ml_collections.ConfigDict:
   # client.epochs epochs (batch client.batch_size) on CE + alpha * KD_T
   # against the server's logits; the server trains for `server_epochs`
   # (batch `server_batch_size`) on the uploaded feature maps with CE + beta *
-  # KD_T against the clients' logits. Optimizers: adam | sgdm (momentum 0.9)
-  # | sgd, with L2 `weight_decay`. Feature maps are sent as float32 (bits=32)
-  # or stochastically quantized to `bits` bits (1..8, 16) per sample.
+  # KD_T against the clients' logits (beta = 0: FedML's script trains the
+  # server on CE only). Optimizers: adam | sgdm (momentum 0.9) | sgd, with L2
+  # `weight_decay`. Feature maps are sent as float32 (bits=32) or
+  # stochastically quantized to `bits` bits (1..8, 16) per sample.
   c.gkt = ml_collections.ConfigDict()
   c.gkt.edge_model = 'resnet8'
   c.gkt.temperature = 3.0
   c.gkt.alpha = 1.0
-  c.gkt.beta = 1.0
+  c.gkt.beta = 0.0
   c.gkt.client_optimizer = 'adam'
   c.gkt.client_learning_rate = 0.001
   c.gkt.server_optimizer = 'adam'

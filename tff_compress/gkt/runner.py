@@ -99,6 +99,28 @@ def _ratio(a: float, b: float) -> float:
   return a / b if b else 0.0
 
 
+def _loss_accuracy(sums, prefix: str) -> dict:
+  """{prefix_loss, prefix_accuracy} from loss_sum / correct / count sums."""
+  return {f'{prefix}_loss': _ratio(sums['loss_sum'], sums['count']),
+          f'{prefix}_accuracy': _ratio(sums['correct'], sums['count'])}
+
+
+def _client_data(config, data: federated_data.FederatedData, round_num: int,
+                 picked) -> list[collections.OrderedDict]:
+  """OrderedDict(x, y, seed) of each picked client for this round.
+
+  seed = (the client's shuffle seed for this round, round): a function of
+  (config seed, round, client) only, so a resumed round is identical.
+  """
+  out = []
+  for c in picked:
+    x, y = data.client_arrays(data.client_ids[c])
+    out.append(collections.OrderedDict(
+        x=x, y=y, seed=np.array([simulate_lib.shuffle_seed(
+            config.seed, round_num, int(c)), round_num], np.int64)))
+  return out
+
+
 def eval_shards(n: int, num: int) -> list[tuple[int, int]]:
   """[start, end) bounds cutting the test split into `num` shards."""
   num = max(1, min(num, n))
@@ -136,7 +158,8 @@ class _FedGkt:
         f'{c.model.name} (the FedAvg model) {r.whole_params:,} params, '
         f'{r.whole_train_flops / 1e6:.2f} MFLOPs/example: the edge has '
         f'{r.param_ratio:.1f}x fewer params, {r.flop_ratio:.1f}x fewer '
-        f'FLOPs | features {"float32" if c.gkt.bits == 32 else f"{c.gkt.bits}-bit"}')
+        f'FLOPs | features '
+        f'{"float32" if c.gkt.bits == 32 else f"{c.gkt.bits}-bit"}')
 
   def initial_state(self):
     edge = self.process.initialize_client()
@@ -148,16 +171,12 @@ class _FedGkt:
 
   def run_round(self, state, round_num: int,
                 picked: np.ndarray) -> _RoundResult:
-    cfg, ids = self.config, self.data.client_ids
-    inputs = []
-    for c in picked:
-      x, y = self.data.client_arrays(ids[c])
-      inputs.append(collections.OrderedDict(
-          key=np.int32(c),
-          seed=np.array([simulate_lib.shuffle_seed(cfg.seed, round_num,
-                                                   int(c)), round_num],
-                        np.int64),
-          x=x, y=y, state=state['clients'][c]))
+    cfg = self.config
+    data = _client_data(cfg, self.data, round_num, picked)
+    # In the order of the computation's input type (TFF matches by position).
+    inputs = [collections.OrderedDict(
+        key=np.int32(c), seed=d['seed'], x=d['x'], y=d['y'],
+        state=state['clients'][c]) for c, d in zip(picked, data)]
     server, client_states, m = self.process.next(
         state['server'], np.array([cfg.seed, round_num], np.int64), inputs)
     clients = list(state['clients'])
@@ -165,8 +184,7 @@ class _FedGkt:
       clients[c] = s
     edge, srv, up = m['edge'], m['server'], m['bytes_up']
     row = {
-        'train_loss': _ratio(srv['loss_sum'], srv['count']),
-        'train_accuracy': _ratio(srv['correct'], srv['count']),
+        **_loss_accuracy(srv, 'train'),
         'bytes_down': int(m['bytes_down']),
         'bytes_up': int(up['total']),
         'client_flops': float(np.mean([
@@ -174,8 +192,7 @@ class _FedGkt:
             for c in picked])),
     }
     extra = {
-        'edge_train_loss': _ratio(edge['loss_sum'], edge['count']),
-        'edge_train_accuracy': _ratio(edge['correct'], edge['count']),
+        **_loss_accuracy(edge, 'edge_train'),
         'edge_train_kd': _ratio(edge['kd_sum'], edge['count']),
         'server_train_kd': _ratio(srv['kd_sum'], srv['count']),
         'bytes_up_features': int(up['features']),
@@ -201,14 +218,8 @@ class _FedGkt:
           x=self.data.test_x[a:b], y=self.data.test_y[a:b],
           weights=state['clients'][c]['weights']))
     m = self.process.evaluate(state['server']['weights'], inputs)
-    srv, edge = m['server'], m['edge']
-    self.last_eval = {
-        'edge_eval_loss': _ratio(edge['loss_sum'], edge['count']),
-        'edge_eval_accuracy': _ratio(edge['correct'], edge['count']),
-    }
-    return ({'eval_loss': _ratio(srv['loss_sum'], srv['count']),
-             'eval_accuracy': _ratio(srv['correct'], srv['count'])},
-            dict(self.last_eval))
+    self.last_eval = _loss_accuracy(m['edge'], 'edge_eval')
+    return _loss_accuracy(m['server'], 'eval'), dict(self.last_eval)
 
   def final_weights(self, state) -> list[np.ndarray]:
     """The server model's weights (trainable, then non-trainable)."""
@@ -261,18 +272,11 @@ class _FedAvgBn:
 
   def run_round(self, state, round_num: int,
                 picked: np.ndarray) -> _RoundResult:
-    cfg, ids = self.config, self.data.client_ids
-    inputs = []
-    for c in picked:
-      x, y = self.data.client_arrays(ids[c])
-      inputs.append(collections.OrderedDict(
-          x=x, y=y, seed=np.array([simulate_lib.shuffle_seed(
-              cfg.seed, round_num, int(c)), round_num], np.int64)))
-    state, m = self.process.next(state, inputs)
-    train = m['train']
+    cfg = self.config
+    state, m = self.process.next(
+        state, _client_data(cfg, self.data, round_num, picked))
     row = {
-        'train_loss': _ratio(train['loss_sum'], train['count']),
-        'train_accuracy': _ratio(train['correct'], train['count']),
+        **_loss_accuracy(m['train'], 'train'),
         'bytes_down': int(m['bytes_down']),
         'bytes_up': int(m['bytes_up']),
         'client_flops': float(np.mean([
@@ -287,8 +291,7 @@ class _FedAvgBn:
                                       y=self.data.test_y[a:b])
               for a, b in shards]
     m = self.process.evaluate(state['weights'], inputs)
-    return ({'eval_loss': _ratio(m['loss_sum'], m['count']),
-             'eval_accuracy': _ratio(m['correct'], m['count'])}, {})
+    return _loss_accuracy(m, 'eval'), {}
 
   def final_weights(self, state) -> list[np.ndarray]:
     w = state['weights']

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import tempfile
 
 from absl.testing import absltest
 import numpy as np
@@ -53,7 +54,8 @@ class FedGktRunTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.ref_dir = os.path.join(absltest.get_default_test_tmpdir(), 'ref')
+    cls.ref_dir = os.path.join(
+        tempfile.mkdtemp(dir=absltest.get_default_test_tmpdir()), 'ref')
     cls.summary = simulate_lib.run(_config(), cls.ref_dir, out=io.StringIO())
 
   def test_run_dir_contract_and_measured_bytes(self):

@@ -1,0 +1,31 @@
+"""FedGKT vs FedAvg on the same network, and feature compression (sweep).
+
+Base: configs/fedgkt.py (FedGKT, float32 features). Cells: 8- and 4-bit
+features; server distillation (beta 1, the paper's server loss); FedAvg-BN
+(FedAvg averaging batch-norm statistics, the baseline) and TFF's FedAvg
+(trainable variables only) on the whole ResNet-20, at equal rounds, two
+seeds each.
+
+  ./bazelw run //tff_compress:tradeoff -- --config=configs/tradeoff_fedgkt.py
+"""
+
+import ml_collections
+
+from tff_compress import tradeoff_lib
+
+
+def get_config():
+  c = tradeoff_lib.default_sweep_config()
+  c.name = 'tradeoff_fedgkt'
+  c.base = 'configs/fedgkt.py'
+  c.seeds = (0, 1)
+  c.grids = ml_collections.ConfigDict()
+  c.grids.features = ml_collections.ConfigDict()
+  c.grids.features.gkt = ml_collections.ConfigDict()
+  c.grids.features.gkt.bits = (8, 4)
+  c.grids.server_kd = ml_collections.ConfigDict()
+  c.grids.server_kd.gkt = ml_collections.ConfigDict()
+  c.grids.server_kd.gkt.beta = (1.0,)
+  c.grids.fedavg = ml_collections.ConfigDict()
+  c.grids.fedavg.algorithm = ('fedavg_bn', 'fedavg')
+  return c
