@@ -85,6 +85,26 @@ def define_config_flag(default_config_path: str):
       lock_config=True)
 
 
+def define_workers_flag():
+  return flags.DEFINE_string(
+      'workers', None,
+      'host:port,... of remote TFF workers (./bazelw run '
+      '//tff_compress:worker -- --port=N) that run the clients; overrides '
+      'the config key runtime.workers. Not part of the run identity.')
+
+
+def with_workers(config, workers):
+  """`config` with runtime.workers = `workers` (unless None), re-validated."""
+  if workers is None:
+    return config
+  from tff_compress import config_lib  # pylint: disable=g-import-not-at-top
+  config.runtime.workers = workers
+  try:
+    return config_lib.validate(config)
+  except config_lib.ConfigError as e:
+    raise UserError(str(e)) from e
+
+
 def run_main(program: str, main: Callable[[Sequence[str]], None],
              check_simulation_keys: bool = True) -> None:
   """`app.run` with flag and config errors reported as one line, exit 2."""

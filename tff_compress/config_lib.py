@@ -471,9 +471,6 @@ def _check_faults(config) -> None:
       'Federated Dropout (dropout.keep < 1 or dropout.per_layer), whose '
       'scatter-average does not yet remove zeroed clients':
           config.dropout.keep != 1.0 or config.dropout.per_layer.strip(),
-      'runtime.workers (remote workers build client datasets from '
-      'descriptors; the fault code travels as a dataset)':
-          config.runtime.workers.strip(),
   }
   for what, applies in unsupported.items():
     if poison and applies:

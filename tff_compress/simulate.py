@@ -19,13 +19,15 @@ _RUN_DIR = flags.DEFINE_string(
     'run_dir', None,
     'Run directory (default runs/<config name>-<config hash>/ under the '
     'current directory). Re-running with the same config resumes it.')
+_WORKERS = cli.define_workers_flag()
 
 
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
-  config = cli.load_config(_CONFIG)
+  config = cli.with_workers(cli.load_config(_CONFIG), _WORKERS.value)
   # pylint: disable=g-import-not-at-top  (TensorFlow loads after validation)
+  from tff_compress import runtime
   from tff_compress import simulate_lib
   from tff_compress.data import federated_data
   from tff_compress.program import run_dir as run_dir_lib
@@ -37,6 +39,12 @@ def main(argv):
   try:
     simulate_lib.run(config, run_dir)
   except (run_dir_lib.RunDirError, federated_data.DataError) as e:
+    raise cli.UserError(str(e)) from e
+  except runtime.WorkerLostError as e:
+    raise cli.UserError(
+        f'{e}; finished rounds are saved in {run_dir}: restart the worker '
+        'and re-run the same command to resume') from e
+  except runtime.WorkerUnavailableError as e:  # unreachable at start
     raise cli.UserError(str(e)) from e
 
 

@@ -24,6 +24,7 @@ import tensorflow_federated as tff
 
 from tff_compress import runtime
 from tff_compress.data import federated_data
+from tff_compress.data import on_worker
 from tff_compress.data import registry as data_registry
 from tff_compress.faults import rounds as fault_rounds
 from tff_compress.faults import schedule as fault_schedule
@@ -50,14 +51,11 @@ def shuffle_seed(seed: int, round_num: int, client_index: int) -> int:
 
 
 def _eval_datasets(data: federated_data.FederatedData, num: int):
-  n = len(data.test_y)
-  num = max(1, min(num, n))
-  bounds = np.linspace(0, n, num + 1).astype(int)
   return [
       tf.data.Dataset.from_tensor_slices(
           collections.OrderedDict(x=data.test_x[a:b], y=data.test_y[a:b])
       ).batch(_EVAL_BATCH)
-      for a, b in zip(bounds[:-1], bounds[1:])
+      for a, b in on_worker.eval_bounds(len(data.test_y), num)
   ]
 
 
@@ -210,7 +208,27 @@ def run(
         f'{task.train_flops_per_example / sub.train_flops_per_example:.2f}x '
         'fewer FLOPs/example', file=out, flush=True)
 
-  with runtime.local_context(log_dir=run_dir):
+  targets = runtime.parse_workers(config.runtime.workers)
+  if targets:
+    store = on_worker.prepare_store(
+        data, on_worker.resolve_data_dir(config.runtime.worker_data_dir))
+    print(f'{len(targets)} remote TFF workers: {", ".join(targets)} | '
+          f'client data {store.relative_dir}', file=out, flush=True)
+    context = runtime.remote_context(
+        targets, connect_timeout=config.runtime.connect_timeout,
+        rpc_timeout=config.runtime.rpc_timeout)
+  else:
+    context = runtime.local_context(log_dir=run_dir)
+  with context as executor:
+    feed = None
+    if targets:  # the workers build client data from descriptors
+      on_worker.check_workers(executor, store)
+      feed = on_worker.WorkerFeed.build(
+          training, evaluation, store, batch_size=config.client.batch_size,
+          epochs=config.client.epochs, eval_clients=config.eval_clients,
+          eval_batch_size=_EVAL_BATCH)
+      training, evaluation = feed.training, feed.evaluation
+      process, eval_datasets = training.process, feed.eval_descriptors
     state = process.initialize()
     start = 1
     if resuming:
@@ -231,13 +249,16 @@ def run(
                               config.seed, round_num)
       datasets, flops = [], []
       for index in picked:
-        x, y = data.client_arrays(client_ids[index])
-        datasets.append(federated_data.make_client_dataset(
-            x, y, batch_size=config.client.batch_size,
-            epochs=config.client.epochs,
-            shuffle_seed=shuffle_seed(config.seed, round_num, int(index))))
-        flops.append(config.client.epochs * len(y) *
-                     training.client_task.train_flops_per_example)
+        seed = shuffle_seed(config.seed, round_num, int(index))
+        if feed:
+          datasets.append(on_worker.train_descriptor(index, seed))
+        else:
+          x, y = data.client_arrays(client_ids[index])
+          datasets.append(federated_data.make_client_dataset(
+              x, y, batch_size=config.client.batch_size,
+              epochs=config.client.epochs, shuffle_seed=seed))
+        flops.append(config.client.epochs * data.client_size(
+            client_ids[index]) * training.client_task.train_flops_per_example)
       # Who reports (faults/schedule.py); only they enter process.next.
       plan = fault_schedule.plan_round(
           faults, config.seed, round_num, picked,

@@ -19,6 +19,7 @@ _SWEEP_DIR = flags.DEFINE_string(
     'sweep_dir', None,
     'Sweep directory (default runs/<sweep name>-<hash>/ under the current '
     'directory). Re-running resumes: finished cells are not run again.')
+_WORKERS = cli.define_workers_flag()
 
 
 def _validate_sweep(sweep):
@@ -40,6 +41,7 @@ def main(argv):
   import hashlib
   import json
   from tff_compress import config_lib
+  from tff_compress import runtime
   from tff_compress import tradeoff_lib
   from tff_compress.data import federated_data
   from tff_compress.program import run_dir as run_dir_lib
@@ -49,19 +51,23 @@ def main(argv):
         run_dir_lib.find_input_file(sweep.base))
   except config_lib.ConfigError as e:
     raise cli.UserError(f'sweep key \'base\': {e}') from e
+  if _WORKERS.value is not None:  # every cell runs on these workers
+    base.runtime.workers = _WORKERS.value
   if _SWEEP_DIR.value:
     sweep_dir = run_dir_lib.resolve_user_path(_SWEEP_DIR.value)
   else:
     identity = hashlib.sha256(json.dumps(
-        [sweep.to_dict(), base.to_dict()], sort_keys=True,
+        [sweep.to_dict(), config_lib.identity(base)], sort_keys=True,
         default=str).encode()).hexdigest()[:10]
     sweep_dir = run_dir_lib.resolve_user_path(
         os.path.join('runs', f'{sweep.name}-{identity}'))
   try:
     tradeoff_lib.run_sweep(sweep, base, sweep_dir)
   except (tradeoff_lib.SweepError, run_dir_lib.RunDirError,
-          federated_data.DataError) as e:
-    raise cli.UserError(str(e)) from e
+          federated_data.DataError, runtime.WorkerUnavailableError) as e:
+    hint = ('; re-run the same command to resume (finished cells are kept)'
+            if isinstance(e, runtime.WorkerLostError) else '')
+    raise cli.UserError(f'{e}{hint}') from e
 
 
 if __name__ == '__main__':

@@ -107,6 +107,9 @@ def expand(sweep: ml_collections.ConfigDict,
         raise SweepError(f'grids.{name}.{key} is an empty axis')
       if key == 'seed':
         raise SweepError(f'grids.{name}.seed: use the sweep key \'seeds\'')
+      if key.split('.')[0] in config_lib.EXECUTION_SECTIONS:
+        raise SweepError(f'grids.{name}.{key}: where cells run is not a '
+                         'sweep axis (use --workers)')
     for combo in itertools.product(*[v for _, v in axes]):
       grids.append((name, tuple(zip([k for k, _ in axes], combo))))
 

@@ -212,13 +212,13 @@ def make_client_dataset(
 ) -> tf.data.Dataset:
   """One client's local training data as batches of ``OrderedDict(x, y)``.
 
-  The examples are visited ``epochs`` times; each pass is a fresh uniformly
-  random permutation of all ``n`` examples drawn from
-  ``np.random.default_rng(shuffle_seed)``, so the order depends on
-  `shuffle_seed` only (not on TensorFlow's global seed). The ``epochs * n``
-  examples are then cut into consecutive batches of `batch_size`; the last
-  batch holds the remainder (a batch may span two passes), i.e. there are
-  ``ceil(epochs * n / batch_size)`` batches.
+  The examples are visited ``epochs`` times in the order of
+  :func:`client_order` (a fresh uniformly random permutation per pass that
+  depends on `shuffle_seed` only, not on TensorFlow's global seed), then cut
+  into consecutive batches by :func:`batches_in_order`: ``ceil(epochs * n /
+  batch_size)`` batches, the last one holding the remainder (a batch may span
+  two passes). Remote workers build the same dataset from the same seed with
+  the same two functions (`tff_compress.data.on_worker`).
 
   Args:
     x: float32 ``[n, ...]`` images.
@@ -246,9 +246,48 @@ def make_client_dataset(
     raise DataError(f'batch_size={batch_size} and epochs={epochs} must be >= 1')
   if shuffle_seed < 0:
     raise DataError(f'shuffle_seed={shuffle_seed} must be >= 0')
-  rng = np.random.default_rng(shuffle_seed)
-  order = np.concatenate(
-      [rng.permutation(len(y)) for _ in range(epochs)]).astype(np.int64)
+  order = client_order(len(y), epochs, shuffle_seed)
+  return batches_in_order(x, y, order, batch_size)
+
+
+def client_order(n, epochs: int, shuffle_seed) -> tf.Tensor:
+  """Example indices of `epochs` passes, each a fresh random permutation.
+
+  Pass ``e`` is ``stateless_shuffle(range(n), seed=(shuffle_seed, e))`` with
+  TensorFlow's counter-based Philox generator, so the order is a function of
+  ``(n, epochs, shuffle_seed)`` only and is the same eagerly on the driver and
+  inside a graph on a remote TFF worker.
+
+  Args:
+    n: Number of examples (int or scalar integer tensor), ``>= 1``.
+    epochs: Number of passes (a Python int).
+    shuffle_seed: Non-negative seed (int or scalar integer tensor).
+
+  Returns:
+    int64 ``[epochs * n]``.
+  """
+  n = tf.cast(n, tf.int64)
+  seed = tf.cast(shuffle_seed, tf.int64)
+  return tf.concat([
+      tf.random.experimental.stateless_shuffle(
+          tf.range(n), seed=tf.stack([seed, tf.constant(e, tf.int64)]),
+          alg='philox')
+      for e in range(epochs)
+  ], axis=0)
+
+
+def batches_in_order(x, y, order, batch_size: int) -> tf.data.Dataset:
+  """Batches of ``OrderedDict(x, y)`` taking the rows of `order` in turn.
+
+  Args:
+    x: float32 ``[n, ...]`` images (array or tensor).
+    y: int32 ``[n]`` labels.
+    order: int64 row indices, e.g. from :func:`client_order`.
+    batch_size: Rows per batch; the last batch holds the remainder.
+
+  Returns:
+    A dataset with element spec :func:`element_spec` of ``x.shape[1:]``.
+  """
   # The client's arrays enter the graph once (from_tensors, repeated without
   # copying); batches gather rows by index. Nothing is captured by the map
   # function, so TFF can serialize the dataset.

@@ -82,7 +82,7 @@ def prepare(run_dir: str, config: ml_collections.ConfigDict) -> bool:
         raise RunDirError(f'{config_path} is not valid JSON ({e})') from e
     if existing != wanted:
       a = config_lib.flatten(ml_collections.ConfigDict(existing))
-      b = config_lib.flatten(config)
+      b = config_lib.flatten(ml_collections.ConfigDict(wanted))
       diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
       raise RunDirError(
           f'{run_dir} holds a run of a different config (differs in: '

@@ -1,0 +1,248 @@
+"""Client-data stores and the datasets TFF workers build from descriptors."""
+
+from __future__ import annotations
+
+import collections
+import os
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_compress import runtime
+from tff_compress.data import federated_data
+from tff_compress.data import on_worker
+
+_SHAPE = (4, 3, 1)
+
+
+def _data(sizes=(7, 1, 12, 5), seed=0, name='toy'):
+  rng = np.random.default_rng(seed)
+  arrays = {f'client_{i:04d}': (rng.random((n,) + _SHAPE, dtype=np.float32),
+                                rng.integers(0, 3, n).astype(np.int32))
+            for i, n in enumerate(sizes)}
+  test_x = rng.random((23,) + _SHAPE, dtype=np.float32)
+  test_y = rng.integers(0, 3, 23).astype(np.int32)
+  return federated_data.FederatedData(
+      name=name, input_shape=_SHAPE, num_classes=3,
+      client_ids=tuple(arrays), get_client=arrays.__getitem__,
+      test_x=test_x, test_y=test_y)
+
+
+def _batches(ds):
+  return [(b['x'].numpy() if hasattr(b['x'], 'numpy') else b['x'],
+           b['y'].numpy() if hasattr(b['y'], 'numpy') else b['y'])
+          for b in ds]
+
+
+class StoreTest(absltest.TestCase):
+
+  def test_store_holds_the_exact_bytes_and_is_reused(self):
+    data = _data()
+    root = self.create_tempdir().full_path
+    store = on_worker.prepare_store(data, root)
+    self.assertEqual(store.num_clients, 4)
+    self.assertEqual(store.num_test, 23)
+    self.assertEqual(store.path,
+                     os.path.join(root, 'client_data', store.fingerprint))
+    offsets = np.fromfile(os.path.join(store.path, 'train.offsets'), '<i8')
+    np.testing.assert_array_equal(offsets, [0, 7, 8, 20, 25])
+    x = np.fromfile(os.path.join(store.path, 'train.x'), '<f4').reshape(
+        (-1,) + _SHAPE)
+    y = np.fromfile(os.path.join(store.path, 'train.y'), '<i4')
+    for i, cid in enumerate(data.client_ids):
+      cx, cy = data.client_arrays(cid)
+      np.testing.assert_array_equal(x[offsets[i]:offsets[i + 1]], cx)
+      np.testing.assert_array_equal(y[offsets[i]:offsets[i + 1]], cy)
+    with open(os.path.join(store.path, 'fingerprint')) as f:
+      self.assertEqual(f.read(), store.fingerprint)
+    # Same data: same directory, not rewritten; no temporary leftovers.
+    mtime = os.stat(os.path.join(store.path, 'train.x')).st_mtime_ns
+    self.assertEqual(on_worker.prepare_store(_data(), root), store)
+    self.assertEqual(
+        os.stat(os.path.join(store.path, 'train.x')).st_mtime_ns, mtime)
+    self.assertEqual(os.listdir(os.path.join(root, 'client_data')),
+                     [store.fingerprint])
+
+  def test_fingerprint_changes_with_any_byte(self):
+    base = on_worker.fingerprint(_data())
+    self.assertEqual(base, on_worker.fingerprint(_data()))
+    self.assertNotEqual(base, on_worker.fingerprint(_data(seed=1)))
+    self.assertNotEqual(base, on_worker.fingerprint(_data(sizes=(7, 1, 12))))
+    changed = _data()
+    changed.client_arrays('client_0002')[0][3, 1, 1, 0] += 1e-7
+    self.assertNotEqual(base, on_worker.fingerprint(changed))
+
+  def test_eval_bounds_cover_the_test_split(self):
+    self.assertEqual(on_worker.eval_bounds(10, 3), [(0, 3), (3, 6), (6, 10)])
+    self.assertEqual(on_worker.eval_bounds(2, 5), [(0, 1), (1, 2)])
+    self.assertEqual(on_worker.eval_bounds(7, 1), [(0, 7)])
+
+  def test_descriptor_take_mimics_the_dataset(self):
+    d = on_worker.train_descriptor(3, 99)
+    self.assertEqual(list(d), ['client', 'shuffle_seed', 'batches'])
+    self.assertEqual(int(d['batches']), -1)
+    empty = d.take(0)
+    self.assertEqual(int(empty['batches']), 0)
+    self.assertEqual(int(empty['client']), 3)
+    self.assertEqual(int(d['batches']), -1)  # the original is unchanged
+
+
+class WorkerBuiltDatasetsTest(parameterized.TestCase):
+  """The datasets built by a TFF worker equal the driver's, batch by batch."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.data = _data()
+    cls.root = absltest.get_default_test_tmpdir()
+    cls.store = on_worker.prepare_store(cls.data, cls.root)
+    # The computations name the store relative to the worker's working
+    # directory; the managed local worker inherits ours.
+    cls._cwd = os.getcwd()
+    os.chdir(cls.root)
+
+  @classmethod
+  def tearDownClass(cls):
+    os.chdir(cls._cwd)
+    super().tearDownClass()
+
+  def test_training_datasets_equal_make_client_dataset(self):
+    cases = [(0, 5, 3, 1, -1), (2, 77, 5, 2, -1), (1, 0, 4, 3, -1),
+             (3, 2**31 - 2, 2, 1, 2), (2, 8, 5, 1, 0)]
+
+    def builder(batch, epochs):
+
+      @tff.tensorflow.computation(tff.to_type(on_worker.TRAIN_DESCRIPTOR))
+      def build(d):
+        return on_worker.train_dataset(
+            self.store, d['client'], d['shuffle_seed'],
+            batch_size=batch, epochs=epochs).take(
+                tf.cast(d['batches'], tf.int64))
+
+      return build
+
+    with runtime.local_context():
+      got = []
+      for client, seed, batch, epochs, limit in cases:
+        d = on_worker.train_descriptor(client, seed)
+        if limit >= 0:
+          d = d.take(limit)
+        got.append(_batches(builder(batch, epochs)(d)))
+    for (client, seed, batch, epochs, limit), batches in zip(cases, got):
+      x, y = self.data.client_arrays(self.data.client_ids[client])
+      ds = federated_data.make_client_dataset(
+          x, y, batch_size=batch, epochs=epochs, shuffle_seed=seed)
+      want = _batches(ds.take(limit))
+      self.assertLen(batches, len(want))
+      for (gx, gy), (wx, wy) in zip(batches, want):
+        np.testing.assert_array_equal(gx, wx)
+        np.testing.assert_array_equal(gy, wy)
+
+  def test_eval_datasets_are_the_test_slices(self):
+
+    @tff.tensorflow.computation(tff.to_type(on_worker.EVAL_DESCRIPTOR))
+    def build(d):
+      return on_worker.eval_dataset(self.store, d['start'], d['stop'],
+                                    batch_size=4)
+
+    with runtime.local_context():
+      got = [_batches(build(on_worker.eval_descriptor(a, b)))
+             for a, b in [(0, 9), (9, 10), (10, 23)]]
+    for (a, b), batches in zip([(0, 9), (9, 10), (10, 23)], got):
+      self.assertEqual([len(by) for _, by in batches],
+                       [min(4, b - a - i) for i in range(0, b - a, 4)])
+      np.testing.assert_array_equal(np.concatenate([bx for bx, _ in batches]),
+                                    self.data.test_x[a:b])
+      np.testing.assert_array_equal(np.concatenate([by for _, by in batches]),
+                                    self.data.test_y[a:b])
+
+  def test_compose_feeds_structured_client_data(self):
+    # A `next` whose client data is <key, data=sequence> (as with Federated
+    # Dropout): the composed computation takes <key, data=descriptor>.
+    element = collections.OrderedDict(
+        x=tff.TensorType(np.float32, [None, *_SHAPE]),
+        y=tff.TensorType(np.int32, [None]))
+    client_type = tff.StructType([
+        ('key', tff.TensorType(np.int32, [1])),
+        ('data', tff.SequenceType(element))])
+
+    @tff.tensorflow.computation(client_type)
+    def label_sum(c):
+      total = c['data'].reduce(np.int64(0), lambda a, b: a + tf.reduce_sum(
+          tf.cast(b['y'], tf.int64)))
+      return total * 1000 + tf.cast(c['key'][0], tf.int64)
+
+    @tff.federated_computation(
+        tff.FederatedType(np.int64, tff.SERVER),
+        tff.FederatedType(client_type, tff.CLIENTS))
+    def next_fn(state, clients):
+      return state, tff.federated_sum(tff.federated_map(label_sum, clients))
+
+    composed = on_worker.training_next(next_fn, self.store, batch_size=3,
+                                       epochs=2)
+    self.assertEqual(
+        str(composed.type_signature.parameter[1].member),
+        '<key=int32[1],data=<client=int32,shuffle_seed=int64,batches=int32>>')
+    picked = [2, 0]
+    descriptors = [collections.OrderedDict(
+        key=np.array([slot], np.int32),
+        data=on_worker.train_descriptor(c, 10 + c))
+                   for slot, c in enumerate(picked)]
+    with runtime.local_context():
+      state, total = composed(np.int64(5), descriptors)
+    self.assertEqual(state, 5)
+    labels = sum(2 * int(self.data.client_arrays(
+        self.data.client_ids[c])[1].sum()) for c in picked)
+    self.assertEqual(total, labels * 1000 + 0 + 1)
+
+  def test_compose_keeps_other_sequences(self):
+    # Fault codes travel as one-element int32 datasets beside the examples
+    # (faults/client_work.py): only the example sequence becomes a
+    # descriptor; the code datasets are sent as they are.
+    element = collections.OrderedDict(
+        x=tff.TensorType(np.float32, [None, *_SHAPE]),
+        y=tff.TensorType(np.int32, [None]))
+    client_type = tff.StructType([
+        ('fault', tff.SequenceType(tff.TensorType(np.int32))),
+        ('data', tff.SequenceType(element))])
+
+    @tff.tensorflow.computation(client_type)
+    def examples_and_code(c):
+      n = c['data'].reduce(np.int32(0), lambda a, b: a + tf.shape(b['y'])[0])
+      code = c['fault'].reduce(np.int32(0), lambda a, b: a + b)
+      return n * 10 + code
+
+    @tff.federated_computation(
+        tff.FederatedType(np.int32, tff.SERVER),
+        tff.FederatedType(client_type, tff.CLIENTS))
+    def next_fn(state, clients):
+      return state, tff.federated_sum(
+          tff.federated_map(examples_and_code, clients))
+
+    composed = on_worker.training_next(next_fn, self.store, batch_size=4,
+                                       epochs=1)
+    self.assertEqual(
+        str(composed.type_signature.parameter[1].member),
+        '<fault=int32*,data=<client=int32,shuffle_seed=int64,batches=int32>>')
+    clients = [collections.OrderedDict(
+        fault=tf.data.Dataset.from_tensors(np.int32(code)),
+        data=on_worker.train_descriptor(c, 1)) for c, code in [(0, 2), (3, 1)]]
+    with runtime.local_context():
+      _, total = composed(np.int32(0), clients)
+    self.assertEqual(total, (7 + 5) * 10 + 3)
+
+  def test_missing_store_fails_naming_the_file(self):
+    missing = on_worker.Store('0' * 16, _SHAPE, 4, 23, '/nowhere')
+    with runtime.local_context():
+      self.assertEqual(on_worker.fingerprint_reader(self.store)(),
+                       self.store.fingerprint.encode())
+      with self.assertRaisesRegex(Exception,
+                                  'client_data/0000000000000000/fingerprint'):
+        on_worker.fingerprint_reader(missing)()
+
+
+if __name__ == '__main__':
+  absltest.main()
