@@ -5,8 +5,8 @@ stochastic-rounding noise) and the per-client uplink seed come from here.
 TensorFlow's stateless random ops (Philox) and `tf.fingerprint` have no
 TFLite builtin kernel, so a phone running a builtin-only TFLite graph could
 not reproduce them; these functions use only ops that convert to TFLite
-builtins (int32 ADD/MUL/XOR/RIGHT_SHIFT/FLOOR_MOD, int64 RANGE/ADD/MUL/SUM,
-CAST, BITCAST, CONCATENATION, RESHAPE) and give bit-identical results in
+builtins (int32 ADD/MUL/XOR/RIGHT_SHIFT/FLOOR_MOD, int64 CAST/SUM, BITCAST,
+CONCATENATION, RESHAPE, STRIDED_SLICE) and give bit-identical results in
 TensorFlow and in TFLite (tested in `tests/tff_compress/encoders/prng_test.py`
 and, in a TensorFlow-free runtime, `tests/mobile_export/`).
 
@@ -78,15 +78,19 @@ def keys(seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def _counters(n: int, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-  """(a i + b) mod 2^32 for i = 0 .. n-1, as int32.
+  """(a i + b) mod 2^32 for i = 0 .. n-1, as int32 (static shape [n]).
 
-  Built by a RANGE over the runtime bounds [0, a n) in steps of a (int64,
-  a taken in [1, 2^32)): a `tf.range(n)` constant would be folded into a
-  .tflite file as 4 n bytes.
+  i = c r + j is split into rows r and columns j < c = 1024, so only two
+  small ranges are constants: a `tf.range(n)` would be folded into a .tflite
+  file as 4 n bytes (and a RANGE over runtime bounds gives a dynamic shape,
+  which TFLite's reduce kernels mishandle).
   """
-  a = tf.math.floormod(tf.cast(a, tf.int64), 1 << 32)
-  i = tf.range(tf.constant(0, tf.int64), a * n, a)
-  return tf.reshape(tf.cast(i + tf.cast(b, tf.int64), tf.int32), [n])
+  c = min(n, 1024)
+  rows = -(-n // c)
+  hi = tf.range(rows, dtype=tf.int32) * (a * c)
+  lo = tf.range(c, dtype=tf.int32) * a + b
+  out = tf.reshape(hi[:, None] + lo[None, :], [rows * c])
+  return out if rows * c == n else out[:n]
 
 
 def hashes(n: int, seed: tf.Tensor) -> tf.Tensor:

@@ -290,7 +290,12 @@ class QuantizeStage(Stage):
     return tf.int32
 
   def encode(self, x, seed):
-    lo, hi = tf.reduce_min(x), tf.reduce_max(x)
+    # Reduced over axis 1 of [1, n]: TFLite 2.14's full reduction of a
+    # rank-1 tensor read from resource variables returns garbage when the
+    # graph also assigns them (the on-device trainer's encode_update).
+    row = tf.reshape(x, [1, -1])
+    lo = tf.reduce_min(row, axis=1)[0]
+    hi = tf.reduce_max(row, axis=1)[0]
     span = hi - lo
     # levels / span, or 0 for a constant tensor (DivNoNan has no TFLite op).
     scale = tf.where(span > 0, self.levels / tf.where(span > 0, span, 1.0),
