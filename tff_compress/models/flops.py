@@ -10,6 +10,13 @@ A FLOP is one multiply or one add, so a multiply-accumulate is 2 FLOPs.
   weights, each as costly as the forward product, so training costs
   3x the forward FLOPs of these layers. The first layer needs no input
   gradient, so its backward costs only 1x (we count that saving).
+* BatchNormalization over n output elements (the ResNets; ~5 % of their
+  conv FLOPs): forward 4n (subtract the mean, scale by 1/sigma, then
+  gamma * x + beta), weight gradient 3n (d_gamma += dy * x_hat, d_beta +=
+  dy), input gradient 6n (dx = gamma / sigma * (dy - mean(dy) - x_hat *
+  mean(dy * x_hat)) with its two reductions).
+* Add (residual sum of k tensors of n elements): forward (k - 1) n; its
+  gradient is the incoming gradient, no arithmetic.
 Pooling, activations and the loss are O(activations) and are ignored (< 1 % of
 the total for the models here); this matches how Caldas et al. count.
 """
@@ -50,6 +57,14 @@ def layer_flops(model: tf.keras.Model) -> list[LayerFlops]:
       fwd = 2 * macs + bias
       wgrad = 2 * macs + bias
       igrad = 0 if first else 2 * macs
+    elif isinstance(layer, tf.keras.layers.BatchNormalization):
+      n = int(np.prod(layer.output.shape[1:]))
+      out.append(LayerFlops(layer.name, 4 * n, 3 * n, 0 if first else 6 * n))
+      continue
+    elif isinstance(layer, tf.keras.layers.Add):
+      n = int(np.prod(layer.output.shape[1:]))
+      out.append(LayerFlops(layer.name, (len(layer.input) - 1) * n, 0, 0))
+      continue
     else:
       continue
     first = False

@@ -54,6 +54,24 @@ class ModelsTest(absltest.TestCase):
     self.assertEqual(flops.training_flops_per_example(model),
                      1776 * 2 + 194 * 2 + 192)
 
+  def test_batch_norm_and_add_flops_by_hand(self):
+    inputs = tf.keras.Input((4, 4, 2))
+    c = tf.keras.layers.Conv2D(3, 1, use_bias=False, name='c')(inputs)
+    b = tf.keras.layers.BatchNormalization(name='b')(c)
+    a = tf.keras.layers.Add(name='a')([b, c, c])
+    model = tf.keras.Model(inputs, a)
+    per_layer = {l.name: l for l in flops.layer_flops(model)}
+    # conv: 1x1x2x3 over 16 positions = 96 MACs -> 192 forward, no input grad.
+    self.assertEqual(per_layer['c'].forward, 192)
+    # BN over 4*4*3 = 48 elements: 4/elem forward, 3 weight grad, 6 input.
+    self.assertEqual((per_layer['b'].forward, per_layer['b'].weight_grad,
+                      per_layer['b'].input_grad), (192, 144, 288))
+    # Add of 3 tensors of 48 elements: 2 adds per element, free backward.
+    self.assertEqual((per_layer['a'].forward, per_layer['a'].weight_grad,
+                      per_layer['a'].input_grad), (96, 0, 0))
+    self.assertEqual(flops.training_flops_per_example(model),
+                     192 * 2 + (192 + 144 + 288) + 96)
+
   def test_caldas_training_flops_magnitude(self):
     model = registry.build_model('caldas_cnn', (28, 28, 1), 10)
     fwd = flops.forward_flops_per_example(model)
