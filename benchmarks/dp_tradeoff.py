@@ -35,6 +35,11 @@ _PER_ROUND = flags.DEFINE_integer('clients_per_round', 100, 'K.')
 _MODEL = flags.DEFINE_string('model', 'dense', 'model.name.')
 _CODEC = flags.DEFINE_string(
     'codec', 'hadamard,1,0.5', 'Compressed uplink: transform,bits,subsample.')
+_GRID = flags.DEFINE_bool('grid', True, 'Run the accuracy/ε grid.')
+_SCALE_CODECS = flags.DEFINE_list(
+    'bound_scale_codecs', [],
+    'Also report the decoded-norm bound\'s shrink factor for these codecs '
+    '(transform:bits:subsample, e.g. hadamard:2:1.0).')
 
 
 def base_config():
@@ -54,6 +59,42 @@ def base_config():
   return c
 
 
+def bound_scales(cfg, codec, clients: int = 50):
+  """`bounded_encode`'s shrink factors on real first-round client updates.
+
+  One local step (the whole 4-example client is one batch) from the initial
+  model at `client.learning_rate`, clipped to `dp.clip`, then encoded with
+  `codec` under the decoded-norm bound. Returns the factors (1 = untouched).
+  """
+  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import tensorflow_federated as tff
+  from tff_compress.data import registry as data_registry
+  from tff_compress.learning import encoded
+  from tff_compress.learning import task as task_lib
+  from tff_compress.privacy import bounded
+  # pylint: enable=g-import-not-at-top
+  data = data_registry.build_federated_data(cfg.data, seed=cfg.seed)
+  model = task_lib.build_task(cfg.model.name, data,
+                              seed=cfg.seed).keras_model_fn()
+  value_type = tff.StructWithPythonType(
+      [tff.TensorType(np.float32, v.shape) for v in model.trainable_variables],
+      list)
+  coder = encoded.StructureCodec(value_type, codec)
+  loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  encode = tf.function(lambda v, s: bounded.bounded_encode_with_info(
+      coder, v, s, cfg.dp.clip).scale)
+  out = []
+  for i, cid in enumerate(data.client_ids[:clients]):
+    x, y = data.client_arrays(cid)
+    with tf.GradientTape() as tape:
+      l = loss(y, model(x, training=True))
+    grads = tape.gradient(l, model.trainable_variables)
+    update = [cfg.client.learning_rate * g for g in grads]
+    out.append(float(encode(update, tf.constant([i, 0], tf.int64))))
+  return out
+
+
 def main(argv):
   del argv
   # pylint: disable=g-import-not-at-top
@@ -62,6 +103,7 @@ def main(argv):
   from absl import logging
   from tff_compress import config_lib
   from tff_compress import simulate_lib
+  from tff_compress.learning import encoded
   # pylint: enable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
 
@@ -79,7 +121,7 @@ def main(argv):
       cells.append((codec_name, sigma, config_lib.validate(c)))
 
   rows = []
-  for codec_name, sigma, c in cells:
+  for codec_name, sigma, c in (cells if _GRID.value else []):
     run_dir = os.path.join(_OUT.value,
                            f'{codec_name}-{config_lib.config_hash(c)}')
     path = os.path.join(run_dir, 'summary.json')
@@ -97,6 +139,21 @@ def main(argv):
     print(f'done {codec_name} sigma={sigma} acc '
           f'{summary["final_eval_accuracy"]:.4f}', flush=True)
 
+  scale_codecs = [v for v in codecs.values() if v[1] != 32] + [
+      (t, int(b), float(s)) for t, b, s in
+      (x.split(':') for x in _SCALE_CODECS.value)]
+  print('\nDecoded-norm bound: factor applied to first-round client updates '
+        f'(clip {_CLIP.value}, 50 clients)')
+  print('| transform | bits | subsample | mean | min | max |')
+  print('|---|---|---|---|---|---|')
+  for t, b, s in scale_codecs:
+    scales = bound_scales(base_config(), encoded.CodecConfig('uplink', t, b,
+                                                             s))
+    print(f'| {t} | {b} | {s} | {sum(scales) / len(scales):.3f} | '
+          f'{min(scales):.3f} | {max(scales):.3f} |', flush=True)
+
+  if not rows:
+    return
   print(f'\nN={_CLIENTS.value} K={_PER_ROUND.value} rounds={_ROUNDS.value} '
         f'clip={_CLIP.value} delta={base_config().dp.delta} '
         f'model={_MODEL.value}')

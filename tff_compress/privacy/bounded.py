@@ -11,7 +11,7 @@ enforces it:
 2. clip it to global L2 norm ≤ C;
 3. encode, decode locally and measure ‖decode(message)‖ = N;
 4. if N > C·(1 − slack), multiply the message's floating-point entries by
-   s = C·(1 − slack)/N and decode again; repeat (at most `max_rescales`
+   s = C·(1 − 2·slack)/N and decode again; repeat (at most `max_rescales`
    times); if the bound still fails, send the all-zero message.
 
 Step 4 is exact because every codec stage is positively homogeneous of
@@ -33,11 +33,11 @@ re-association differs from the client's (another kernel, another device).
 
 from __future__ import annotations
 
-import collections
 from typing import Any, NamedTuple
 
 import tensorflow as tf
 
+from tff_compress.encoders import prng
 from tff_compress.encoders import stages as stages_lib
 from tff_compress.learning import encoded
 
@@ -131,8 +131,12 @@ def bounded_encode_with_info(coder: encoded.StructureCodec, value,
   check_homogeneous(coder)
   clip = tf.cast(clip, tf.float32)
   target = clip * (1.0 - SLACK)
+  # Rescales aim a further SLACK lower, so float rounding of the rescaled
+  # decode (~1e-7 relative) cannot leave it just above `target`: a factor
+  # that close to 1 may not change a float32 at all.
+  aim = clip * (1.0 - 2 * SLACK)
   value, zeroed = zero_if_non_finite(value)
-  value = clip_by_global_l2_norm(value, target)
+  value = clip_by_global_l2_norm(value, aim)
   message = coder.encode(value, seed)
 
   def decoded_norm(m):
@@ -147,7 +151,7 @@ def bounded_encode_with_info(coder: encoded.StructureCodec, value,
         tf.equal(i, 0), tf.logical_and(i <= max_rescales, over(norm)))
 
   def body(i, m, norm, scale):
-    factor = tf.where(tf.equal(i, 0), 1.0, tf.math.divide_no_nan(target, norm))
+    factor = tf.where(tf.equal(i, 0), 1.0, tf.math.divide_no_nan(aim, norm))
     m = scale_message(m, factor)
     return i + 1, m, decoded_norm(m), scale * factor
 
@@ -167,18 +171,10 @@ def bounded_encode(coder: encoded.StructureCodec, value, seed: tf.Tensor,
 
 
 def client_seed(value, base_seed: int, round_num: tf.Tensor) -> tf.Tensor:
-  """int64 [2] per-client codec seed: (base ^ fingerprint(value), round).
+  """int64 [2] per-client codec seed, the rule of `EncodedMeanFactory`.
 
-  TFF computations carry no client identity; a fingerprint of the client's
-  own update gives each client independent quantization noise while keeping
-  the run deterministic (same rule as `encoded.EncodedMeanFactory`).
+  TFF computations carry no client identity; a digest of the client's own
+  update (`prng.update_seed`) gives each client independent quantization
+  noise while keeping the run deterministic, and a phone reproduces it.
   """
-  flat = [tf.reshape(tf.bitcast(tf.convert_to_tensor(t), tf.uint8), [-1])
-          for t in tf.nest.flatten(value)]
-  fp = tf.fingerprint(tf.expand_dims(tf.concat(flat, 0), 0))[0]
-  return tf.stack([tf.cast(base_seed, tf.int64) ^ tf.bitcast(fp, tf.int64),
-                   tf.cast(round_num, tf.int64)])
-
-
-def message_with_seed(message, seed):
-  return collections.OrderedDict(payload=message, seed=seed)
+  return prng.update_seed(tf.nest.flatten(value), base_seed, round_num)

@@ -68,6 +68,21 @@ class BoundTest(parameterized.TestCase):
       self.assertLess(min(scales), 1.0)
     self.assertTrue(all(0.0 < s <= 1.0 for s in scales), scales)
 
+  def test_rescale_never_falls_back_to_zero(self):
+    # Regression: a rescale aimed exactly at the target could land 1e-7
+    # above it, and the next factor (1 - 2e-7) left float32 side scalars
+    # unchanged, ending in the all-zero fallback (seen on 1 of 50 real
+    # client updates at 2 bits).
+    coder = encoded.StructureCodec(
+        VALUE_TYPE, encoded.CodecConfig('uplink', 'hadamard', 2, 1.0))
+    encode = tf.function(
+        lambda v, s: bounded.bounded_encode_with_info(coder, v, s, 0.4))
+    for i in range(60):
+      seed = tf.constant([i, 3], tf.int64)
+      out = encode(_value(100 + i, 0.01), seed)
+      self.assertGreater(float(out.scale), 0.1, i)
+      self.assertLessEqual(_decoded_norm(coder, out.message, seed), 0.4)
+
   def test_small_update_untouched_when_decode_fits(self):
     coder = encoded.StructureCodec(
         VALUE_TYPE, encoded.CodecConfig('uplink', 'hadamard', 8, 1.0))
