@@ -1,6 +1,5 @@
 """DP-FedAvg, zeroing and secure aggregation inside real TFF processes."""
 
-import collections
 
 from absl.testing import absltest
 import numpy as np
