@@ -10,9 +10,11 @@ client round:
      uses (`batch_order`: a fresh permutation per epoch from the client's
      shuffle seed, consecutive batches of B, the last one shorter and padded
      with rows labelled -1);
-  3. run `encode_update` and pack its tensors, the seed and the weight
-     (examples trained; 0 if the update was not finite) into the update
-     message the server decodes with the simulation's decoder.
+  3. subtract the trained weights from the received ones (TFF's update),
+     run `encode_update` on it and pack its tensors, the seed and the weight
+     (examples trained; a non-finite update is sent as zeros with weight 0,
+     as TFF's client work does) into the update message the server decodes
+     with the simulation's decoder.
 
   .venv-device/bin/python -m mobile_export.device_client \
       --model_dir=runs/X/tflite --broadcast=broadcast.bin \
@@ -107,6 +109,8 @@ class DeviceTrainer:
                      for k in m['signatures']}
     self._broadcast = _specs(m['broadcast_tensors'], 'input')
     self._update = _specs(m['update_tensors'], 'output')
+    self.received: Optional[list[np.ndarray]] = None  # by load_broadcast
+    self.round = 0
 
   # ---- checked signature calls ----
 
@@ -150,6 +154,7 @@ class DeviceTrainer:
     return [out[f'a{i}'] for i in range(len(self.weight_shapes))]
 
   def restore(self, weights: Sequence[np.ndarray]) -> None:
+    """Sets the weights (and makes them the reference of the update)."""
     if len(weights) != len(self.weight_shapes):
       raise DeviceError(f'restore got {len(weights)} tensors, expected '
                         f'{len(self.weight_shapes)}')
@@ -161,6 +166,7 @@ class DeviceTrainer:
                           f'expected float32 {list(shape)}')
       args[f'a{i}'] = w
     self._runners['restore'](**args)
+    self.received = [np.array(w, np.float32) for w in weights]
 
   def load_broadcast(self, blob: bytes) -> int:
     """Decodes and loads a broadcast message; returns its round index."""
@@ -175,14 +181,28 @@ class DeviceTrainer:
     for entries, name_of in zip(msg.tensors, names):
       for key, value in entries.items():
         args[name_of[key]] = value
-    self._runners['load_broadcast'](**args)
+    out = self._runners['load_broadcast'](**args)
+    self.received = [out[f'a{i}'] for i in range(len(self.weight_shapes))]
+    self.round = msg.round
     return msg.round
+
+  def update(self) -> list[np.ndarray]:
+    """received - trained weights (TFF's model-delta convention)."""
+    if self.received is None:
+      raise DeviceError('no round started: call load_broadcast or restore')
+    return [r - p for r, p in zip(self.received, self.parameters())]
 
   def encode_update(self, examples: int) -> tuple[bytes, bool]:
     """(update message, finite) of the current round; weight = examples."""
     specs, sizes, names = self._update
-    out = self._runners['encode_update']()
-    finite = bool(out['finite'])
+    update = self.update()
+    finite = all(np.all(np.isfinite(u)) for u in update)
+    args = {'round': np.array(self.round, np.int64)}
+    for i, u in enumerate(update):
+      args[f'u{i}'] = u if finite else np.zeros_like(u)
+    out = self._runners['encode_update'](**args)
+    # A non-finite update is sent as zeros with weight 0 (TFF's client work
+    # does the same).
     tensors = [{key: out[name_of[key]] for key in spec}
                for spec, name_of in zip(specs, names)]
     seed = out['seed']

@@ -66,7 +66,7 @@ class DeviceRoundServer:
 
   def aggregate(self, blobs: Sequence[bytes]) -> list[np.ndarray]:
     """Example-weighted mean of the decoded updates (TFF's MeanFactory)."""
-    decoded = [self.decode_update(b) for b in blobs]
+    decoded = [(u, w) for u, w in map(self.decode_update, blobs) if w > 0]
     total = sum(w for _, w in decoded)
     if total <= 0:
       return [np.zeros(s, np.float32) for s in self.shapes]

@@ -7,17 +7,26 @@ four):
   `batch_size` rows (rows labelled -1 are padding and contribute nothing);
 * `infer(x) -> logits`: any number of rows;
 * `parameters() -> a0..aN`: the weights, Keras order;
-* `restore(a0..aN) -> a0..aN`: set the weights, make them the reference of
-  the next update and reset the optimizer (a new local round);
-* `load_broadcast(round, [seed,] t<i>_<entry>...) -> round`: decode the
+* `restore(a0..aN) -> a0..aN`: set the weights and reset the optimizer (a
+  new local round);
+* `load_broadcast(round, [seed,] t<i>_<entry>...) -> a0..aN`: decode the
   server's broadcast payload (the tensors `StructureCodec.encode` produced
   on the server for tensor i; entry names have '/' replaced by '_') with the
-  same `StructureCodec.decode` the simulation uses, then as `restore`;
-* `encode_update() -> seed, finite, t<i>_<entry>...`: the update
-  (received - trained weights, TFF's model-delta convention; all zeros if
-  any entry is not finite, and `finite` = 0) encoded with the uplink codec
-  and the seed `prng.update_seed(update, config seed, round)`, exactly what
-  the simulation's `EncodedMeanFactory` sends.
+  same `StructureCodec.decode` the simulation uses, then as `restore`; the
+  decoded weights are returned: the host keeps them as the reference of the
+  update;
+* `encode_update(round, u0..uN) -> seed, t<i>_<entry>...`: encodes an
+  update u = received - trained weights (TFF's model-delta convention; the
+  host subtracts, and sends zeros with weight 0 if u is not finite, as
+  TFF's client work does) with the uplink codec and the seed
+  `prng.update_seed(u, config seed, round)`, exactly what the simulation's
+  `EncodedMeanFactory` sends.
+
+The update is an input rather than computed from variables in the graph:
+TFLite 2.14 miscomputed element-wise ops on tensors read from resource
+variables in this signature (NaNs/garbage next to signatures that assign
+the variables), while graphs fed by signature inputs, like the broadcast
+decode, are exact.
 
 The local optimizer is TFF's `build_sgdm`: a = m a + g, w -= lr a (plain
 SGD when m = 0), with the accumulator reset by `restore`/`load_broadcast`,
@@ -125,20 +134,17 @@ class Trainer(tf.Module):
     else:
       self.weights = [tf.Variable(w, name=f'w{i}')
                       for i, w in enumerate(weights)]
-    # The weights the next update is relative to, and the SGDM state. Both
-    # start from the same arrays as the weights, which the converter stores
-    # once (identical constants are shared), so trainer.tflite holds the
-    # weights once, not three times. The accumulators' content is ignored
-    # until the first step of a round (`momentum_on` = 0 then), so they need
-    # no stored zeros and no zeroing pass. (Variables of unspecified shape
-    # would avoid the copies too, but crash XNNPACK in ai-edge-litert.)
-    self.received = [tf.Variable(w, name=f'received{i}')
-                     for i, w in enumerate(weights)]
+    # The SGDM state starts from the same arrays as the weights, which the
+    # converter stores once (identical constants are shared), so
+    # trainer.tflite holds the weights once, not twice. The accumulators'
+    # content is ignored until the first step of a round (`momentum_on` = 0
+    # then), so they need no stored zeros and no zeroing pass. (Variables of
+    # unspecified shape would avoid the copy too, but crash XNNPACK in
+    # ai-edge-litert.)
     self.accumulators = ([tf.Variable(w, name=f'accum{i}')
                           for i, w in enumerate(weights)]
                          if settings.momentum else [])
     self.momentum_on = tf.Variable(0.0, name='momentum_on')
-    self.round = tf.Variable(tf.constant(0, tf.int64), name='round')
     self.broadcast_coder = encoded.StructureCodec(
         model_value_type(self.weight_shapes), settings.broadcast)
     self.uplink_coder = encoded.StructureCodec(
@@ -202,12 +208,10 @@ class Trainer(tf.Module):
       return self._network.logits(x, [v.read_value() for v in self.weights])
     return self._keras(x, training=False)
 
-  def _start_round(self, values, round_num):
-    for v, r, t in zip(self.weights, self.received, values):
+  def _start_round(self, values):
+    for v, t in zip(self.weights, values):
       v.assign(t)
-      r.assign(t)
     self.momentum_on.assign(0.0)
-    self.round.assign(round_num)
 
   def load_broadcast(self, payload: dict):
     """Decodes the broadcast entries (see `broadcast_inputs`) and loads them."""
@@ -219,28 +223,18 @@ class Trainer(tf.Module):
         entries['raw'] = tf.reshape(entries['raw'], self.weight_shapes[i])
       encoded_list.append(entries)
     seed = payload.get('seed', tf.zeros([2], tf.int64))
-    values = self.broadcast_coder.decode(encoded_list, seed)
-    self._start_round(tf.nest.flatten(values), payload['round'])
-    return payload['round']
+    values = tf.nest.flatten(self.broadcast_coder.decode(encoded_list, seed))
+    self._start_round(values)
+    return values
 
-  def update(self):
-    """(update tensors, finite flag): received - trained, zeroed if not finite."""
-    deltas = [r - v for r, v in zip(self.received, self.weights)]
-    finite = tf.reduce_all(tf.stack(
-        [tf.reduce_all(tf.math.is_finite(d)) for d in deltas]))
-    deltas = [tf.where(finite, d, 0.0) for d in deltas]
-    return deltas, finite
-
-  def encode_update(self):
-    deltas, finite = self.update()
+  def encode_update(self, round_num, deltas):
+    """The uplink payload of update `deltas` in round `round_num`."""
     if self.settings.uplink.is_identity:
-      seed = tf.stack([tf.constant(0, tf.int64), self.round.read_value()])
+      seed = tf.stack([tf.constant(0, tf.int64), round_num])
     else:
-      seed = prng.update_seed(deltas, self.settings.seed,
-                              self.round.read_value())
+      seed = prng.update_seed(deltas, self.settings.seed, round_num)
     payload = self.uplink_coder.encode(deltas, seed)
-    out = collections.OrderedDict(seed=seed,
-                                  finite=tf.cast(finite, tf.int32))
+    out = collections.OrderedDict(seed=seed)
     for i, entries in enumerate(payload):
       for key, t in entries.items():
         out[entry_name(i, key)] = tf.reshape(t, [-1])
@@ -270,19 +264,23 @@ class Trainer(tf.Module):
     def parameters():
       return {f'a{i}': self.weights[i].read_value() for i in range(n)}
 
+    update_specs = {f'u{i}': tf.TensorSpec(s, tf.float32, f'u{i}')
+                    for i, s in enumerate(self.weight_shapes)}
+
     @tf.function
     def restore(**kwargs):
-      self._start_round([kwargs[f'a{i}'] for i in range(n)],
-                        self.round.read_value())
+      self._start_round([kwargs[f'a{i}'] for i in range(n)])
       return {f'a{i}': tf.identity(kwargs[f'a{i}']) for i in range(n)}
 
     @tf.function
     def load_broadcast(**kwargs):
-      return {'round': self.load_broadcast(kwargs)}
+      values = self.load_broadcast(kwargs)
+      return {f'a{i}': tf.identity(v) for i, v in enumerate(values)}
 
-    @tf.function(input_signature=[])
-    def encode_update():
-      return self.encode_update()
+    @tf.function
+    def encode_update(**kwargs):
+      return self.encode_update(kwargs['round'],
+                                [kwargs[f'u{i}'] for i in range(n)])
 
     return {
         'train': train.get_concrete_function(),
@@ -291,7 +289,8 @@ class Trainer(tf.Module):
         'restore': restore.get_concrete_function(**param_specs),
         'load_broadcast': load_broadcast.get_concrete_function(
             **self.broadcast_inputs()),
-        'encode_update': encode_update.get_concrete_function(),
+        'encode_update': encode_update.get_concrete_function(
+            round=tf.TensorSpec([], tf.int64, 'round'), **update_specs),
     }
 
 

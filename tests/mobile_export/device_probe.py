@@ -37,7 +37,10 @@ def main(model_dir, in_path, out_path, runtime):
   after = device.parameters()
   for i, w in enumerate(after):
     out[f'after_a{i}'] = w
-  raw = device._runners['encode_update']()  # pylint: disable=protected-access
+  update = device.update()
+  raw = device._runners['encode_update'](  # pylint: disable=protected-access
+      round=np.array(device.round, np.int64),
+      **{f'u{i}': u for i, u in enumerate(update)})
   for key, value in raw.items():
     out[f'update_{key}'] = value
   blob, _ = device.encode_update(examples=7)

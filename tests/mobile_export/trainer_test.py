@@ -177,7 +177,6 @@ class TrainerTfliteTest(absltest.TestCase):
                                       self._params(out, 'after'))]
       seed = tf.constant(out['update_seed'])
       self.assertEqual(int(out['update_seed'][1]), 3)  # the round index
-      self.assertEqual(int(out['update_finite']), 1)
       want = self.server.uplink_coder.encode(
           [tf.constant(u) for u in update], seed)
       for i, entries in enumerate(want):

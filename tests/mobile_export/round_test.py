@@ -1,0 +1,173 @@
+"""One federated round where TF-free device processes replace the clients.
+
+The simulated round is TFF's learning process (lossy Hadamard 8-bit
+broadcast, client SGD with momentum, 2 local epochs, float uplink); the
+device round exports the same initial model with the export library, has
+the server encode the broadcast message, runs K reference clients in
+.venv-device (tflite-runtime and ai-edge-litert) in parallel, decodes their
+update messages with the simulation's decoder and applies the run's server
+optimizer. Both global models must agree to float tolerance.
+"""
+
+import json
+import os
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+
+from mobile_export import device_client
+from mobile_export import export_lib
+from mobile_export import server as server_lib
+from tests.mobile_export import device_testing
+from tff_compress import config_lib
+from tff_compress import runtime
+from tff_compress import simulate_lib
+from tff_compress.data import federated_data
+from tff_compress.data import registry as data_registry
+from tff_compress.learning import process as process_lib
+from tff_compress.learning import task as task_lib
+
+_K = 3
+
+
+def _config():
+  c = config_lib.load_config_file(
+      os.path.join(device_testing.WORKSPACE, 'configs', 'smoke.py'))
+  c.clients_per_round = _K
+  c.client.epochs = 2
+  c.client.momentum = 0.9
+  c.broadcast.transform, c.broadcast.bits = 'hadamard', 8
+  return config_lib.validate(c)
+
+
+class DeviceRoundTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cfg = cls.cfg = _config()
+    data = cls.data = data_registry.build_federated_data(cfg.data,
+                                                         seed=cfg.seed)
+    task = task_lib.build_task(cfg.model.name, data, seed=cfg.seed)
+    process = process_lib.build_learning_process(cfg, task)
+    cls.picked = simulate_lib.sample_clients(len(data.client_ids), _K,
+                                             cfg.seed, 1)
+    cls.seeds = [simulate_lib.shuffle_seed(cfg.seed, 1, int(i))
+                 for i in cls.picked]
+    datasets = []
+    for index, seed in zip(cls.picked, cls.seeds):
+      x, y = data.client_arrays(data.client_ids[index])
+      datasets.append(federated_data.make_client_dataset(
+          x, y, batch_size=cfg.client.batch_size, epochs=cfg.client.epochs,
+          shuffle_seed=seed))
+    cls.datasets = datasets
+    with runtime.local_context():
+      state = process.initialize()
+      cls.w0 = [np.asarray(w) for w in
+                process.get_model_weights(state).trainable]
+      out = process.next(state, datasets)
+      cls.w1_sim = [np.asarray(w) for w in
+                    process.get_model_weights(out.state).trainable]
+
+    cls.tmp = tempfile.mkdtemp()
+    run_dir = os.path.join(cls.tmp, 'run')
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, 'config.json'), 'w') as f:
+      f.write(config_lib.to_json(cfg))
+    np.savez(os.path.join(run_dir, 'final_weights.npz'), *cls.w0)
+    cls.manifest = export_lib.export(run_dir, prune_sparsity=0.5,
+                                     out=open(os.devnull, 'w'))
+    cls.model_dir = os.path.join(run_dir, 'tflite')
+
+    server = server_lib.DeviceRoundServer(cfg, [w.shape for w in cls.w0])
+    broadcast = os.path.join(cls.tmp, 'broadcast.bin')
+    with open(broadcast, 'wb') as f:
+      f.write(server.broadcast(cls.w0, round_index=0))
+    procs = []
+    for k, (index, seed) in enumerate(zip(cls.picked, cls.seeds)):
+      x, y = data.client_arrays(data.client_ids[index])
+      client = os.path.join(cls.tmp, f'client{k}.npz')
+      np.savez(client, x=x, y=y, shuffle_seed=seed)
+      runtime_name = device_client.RUNTIMES[k % 2]
+      procs.append(device_testing.popen_device([
+          '-m', 'mobile_export.device_client', f'--model_dir={cls.model_dir}',
+          f'--broadcast={broadcast}', f'--data={client}',
+          f'--out={os.path.join(cls.tmp, f"update{k}.bin")}',
+          f'--runtime={runtime_name}']))
+    cls.summaries = []
+    for k, p in enumerate(procs):
+      stdout, stderr = p.communicate(timeout=600)
+      if p.returncode != 0:
+        raise AssertionError(f'device {k} failed:\n{stderr[-3000:]}')
+      cls.summaries.append(json.loads(stdout.strip().splitlines()[-1]))
+    blobs = []
+    for k in range(_K):
+      with open(os.path.join(cls.tmp, f'update{k}.bin'), 'rb') as f:
+        blobs.append(f.read())
+    cls.decoded = [server.decode_update(b) for b in blobs]
+    cls.w1_dev = server.apply(cls.w0, server.aggregate(blobs))
+
+  def test_global_model_matches_the_simulated_round(self):
+    for dev, sim, w0 in zip(self.w1_dev, self.w1_sim, self.w0):
+      self.assertGreater(np.abs(sim - w0).max(), 1e-3)  # the round moved it
+      np.testing.assert_allclose(dev, sim, rtol=1e-4,
+                                 atol=1e-5 * np.abs(sim).max())
+
+  def test_devices_report_their_work(self):
+    for summary, index, (_, weight) in zip(self.summaries, self.picked,
+                                           self.decoded):
+      n = self.data.client_size(self.data.client_ids[index])
+      self.assertEqual(summary['examples'], 2 * n)
+      self.assertEqual(weight, 2 * n)  # TFF's NUM_EXAMPLES weighting
+      self.assertEqual(summary['steps'], -(-2 * n // self.cfg.client.batch_size))
+      self.assertTrue(summary['finite'])
+      self.assertEqual(summary['round'], 0)
+
+  def test_batch_order_is_the_simulations(self):
+    for index, seed, dataset in zip(self.picked, self.seeds, self.datasets):
+      x, y = self.data.client_arrays(self.data.client_ids[index])
+      order = device_client.batch_order(len(y), self.cfg.client.batch_size,
+                                        self.cfg.client.epochs, seed)
+      got = [b['y'].numpy() for b in dataset]
+      self.assertEqual(len(got), len(order))
+      for a, b in zip(got, order):
+        np.testing.assert_array_equal(a, y[b])
+
+  def test_manifest(self):
+    m = self.manifest
+    self.assertFalse(m['flex_required'])
+    self.assertTrue(m['builtin_backward'])
+    self.assertEmpty(m['flex_ops'])
+    self.assertEqual(set(m['signatures']), {
+        'train', 'infer', 'parameters', 'restore', 'load_broadcast',
+        'encode_update'})
+    self.assertEqual(m['signatures']['train']['inputs']['x']['shape'],
+                     [32, 28, 28, 1])
+    self.assertEqual(m['optimizer'], {'name': 'sgdm', 'learning_rate': 0.1,
+                                      'momentum': 0.9})
+    for name, size in (('trainer.tflite', m['files']['trainer.tflite']),
+                       ('inference.tflite', m['files']['inference.tflite'])):
+      self.assertEqual(os.path.getsize(os.path.join(self.model_dir, name)),
+                       size)
+    self.assertEqual(m['files']['float_weights'],
+                     sum(w.nbytes for w in self.w0))
+    # int8 weights: about a quarter of the float bytes (plus the graph).
+    self.assertLess(m['files']['inference.tflite'],
+                    0.5 * m['files']['float_weights'])
+    inference = m['inference']
+    self.assertEqual(inference['test_examples'], len(self.data.test_y))
+    for key in ('float_accuracy', 'int8_accuracy'):
+      self.assertBetween(inference[key], 0.0, 1.0)
+    pruning = inference['pruning']
+    self.assertAlmostEqual(pruning['kernel_sparsity'], 0.5, delta=0.01)
+    broadcast = m['broadcast_tensors'][0]
+    self.assertEqual([e['key'] for e in broadcast['entries']],
+                     ['quantize/min', 'quantize/max', 'values'])
+    self.assertEqual(broadcast['entries'][2]['dtype'], 'uint8')
+    self.assertEqual([e['key'] for e in m['update_tensors'][0]['entries']],
+                     ['raw'])
+
+
+if __name__ == '__main__':
+  absltest.main()
