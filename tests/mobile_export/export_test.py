@@ -1,0 +1,94 @@
+"""Export binary failure modes and the Flex fallback."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+import tensorflow as tf
+
+from mobile_export import convert
+from mobile_export import layers
+from mobile_export import trainer as trainer_lib
+from tests.mobile_export import device_testing
+from tff_compress import config_lib
+
+
+def _export(*args):
+  env = dict(os.environ, PYTHONPATH=device_testing.WORKSPACE,
+             TF_CPP_MIN_LOG_LEVEL='3')
+  env.pop('BUILD_WORKING_DIRECTORY', None)
+  return subprocess.run(
+      [sys.executable, '-m', 'mobile_export.export', *args], env=env,
+      cwd=device_testing.WORKSPACE, capture_output=True, text=True,
+      stdin=subprocess.DEVNULL, timeout=300, check=False)
+
+
+class ExportBinaryTest(absltest.TestCase):
+
+  def test_unusable_run_dirs_are_one_line_errors(self):
+    tmp = tempfile.mkdtemp()
+    no_weights = os.path.join(tmp, 'unfinished')
+    os.makedirs(no_weights)
+    with open(os.path.join(no_weights, 'config.json'), 'w') as f:
+      f.write(config_lib.to_json(config_lib.default_config()))
+    bad_json = os.path.join(tmp, 'bad')
+    os.makedirs(bad_json)
+    with open(os.path.join(bad_json, 'config.json'), 'w') as f:
+      f.write('{not json')
+    cases = {
+        os.path.join(tmp, 'missing'): 'run directory not found',
+        tmp: 'is not a run directory (no config.json)',
+        no_weights: 'has no final_weights.npz',
+        bad_json: 'is not valid JSON',
+    }
+    for run_dir, text in cases.items():
+      proc = _export(f'--run_dir={run_dir}')
+      self.assertEqual(proc.returncode, 2, proc.stderr)
+      lines = proc.stderr.strip().splitlines()
+      self.assertLen(lines, 1, proc.stderr)
+      self.assertStartsWith(lines[0], 'export: error: ')
+      self.assertIn(text, lines[0])
+    proc = _export()
+    self.assertEqual(proc.returncode, 2)
+    self.assertIn('--run_dir is required', proc.stderr)
+
+
+class FlexFallbackTest(absltest.TestCase):
+
+  def test_unsupported_layer_falls_back_to_flex_loudly(self):
+    model = tf.keras.Sequential([
+        tf.keras.layers.InputLayer((8, 8, 1)),
+        tf.keras.layers.Conv2D(2, 3, activation='tanh'),
+        tf.keras.layers.Flatten(),
+        tf.keras.layers.Dense(3)])
+    config = config_lib.default_config()
+    config.client.batch_size = 4
+    settings = trainer_lib.TrainerSettings.from_config(config)
+    with self.assertRaises(layers.UnsupportedLayerError):
+      trainer_lib.build_trainer(model, model.get_weights(), settings)
+    trainer = trainer_lib.build_trainer(model, model.get_weights(), settings,
+                                        allow_flex=True)
+    self.assertTrue(trainer.uses_flex)
+    ops = convert.ops_used(convert.convert_trainer(trainer))
+    self.assertNotEmpty(convert.flex_ops(ops))
+    # The tape trainer computes the same step as the builtin one would.
+    x = np.random.default_rng(0).random((4, 8, 8, 1)).astype(np.float32)
+    y = np.array([0, 1, 2, -1], np.int32)
+    before = [v.numpy() for v in trainer.weights]
+    loss = float(trainer.train_step(tf.constant(x), tf.constant(y)))
+    want = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+        y[:3], _logits(model, before, x[:3]))
+    self.assertAlmostEqual(loss, float(want), places=5)
+
+
+def _logits(model, weights, x):
+  clone = tf.keras.models.clone_model(model)
+  clone.set_weights(weights)
+  return clone(x)
+
+
+if __name__ == '__main__':
+  absltest.main()
