@@ -161,13 +161,10 @@ class ConfigTest(parameterized.TestCase):
                                 "'faults.over_select'.*= 21 clients"):
       config_lib.validate(_config(**{'faults.over_select': 1.01}))
     with self.assertRaisesRegex(config_lib.ConfigError,
-                                "'faults.nan_prob' is 0.1; allowed: 0 with Federated Dropout"):
+                                "'faults.nan_prob' is 0.1; allowed: 0 with Federated "
+                                "Dropout"):
       config_lib.validate(_config(**{'faults.nan_prob': 0.1,
                                      'dropout.keep': 0.5}))
-    with self.assertRaisesRegex(config_lib.ConfigError,
-                                "'faults.huge_prob'.*runtime.workers"):
-      config_lib.validate(_config(**{'faults.huge_prob': 0.1,
-                                     'runtime.workers': 'localhost:8000'}))
     with self.assertRaisesRegex(config_lib.ConfigError,
                                 "'faults.over_select'.*dp.mode='user'"):
       config_lib.validate(_config(**{'faults.over_select': 0.2,
