@@ -227,6 +227,23 @@ def _without_secure_sums(comp):
   return test_compiler.replace_secure_intrinsics_with_bodies(comp)
 
 
+def wait_serving(worker: LocalWorker) -> None:
+  """Blocks until `worker` answers gRPC on its port.
+
+  Raises:
+    WorkerStartError: It exited, or was not ready within 60 s.
+  """
+  # pylint: disable=g-import-not-at-top
+  from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
+  # pylint: enable=g-import-not-at-top
+  channel = grpc.insecure_channel(worker.target, GRPC_CHANNEL_OPTIONS)
+  try:
+    _wait_ready(remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel),
+                worker, worker.target)
+  finally:
+    channel.close()
+
+
 def _make_context(stub, worker: Optional[LocalWorker], target: str,
                   asynchronous: bool = False):
   """A TFF context executing on one worker's stub (sync, or async for pools)."""
@@ -374,7 +391,7 @@ def parse_workers(spec: str) -> list[str]:
   for raw in spec.split(',') if spec.strip() else []:
     entry = raw.strip()
     host, colon, port = entry.rpartition(':')
-    if not colon or not host or host in ('[]',):
+    if not colon or not host or host == '[]':
       raise WorkerAddressError(
           f'worker {entry!r} is not host:port (e.g. 10.0.0.2:8000)')
     if not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -402,7 +419,7 @@ class _Meter(grpc.UnaryUnaryClientInterceptor):
   (protobuf message sizes, without HTTP/2 framing); applies the deadline."""
 
   def __init__(self, rpc_timeout: float):
-    self._timeout = rpc_timeout if rpc_timeout > 0 else None
+    self.timeout = rpc_timeout if rpc_timeout > 0 else None
     self._lock = threading.Lock()
     self.bytes_sent = 0
     self.bytes_received = 0
@@ -413,8 +430,8 @@ class _Meter(grpc.UnaryUnaryClientInterceptor):
     with self._lock:
       self.bytes_sent += request.ByteSize()
       self.calls += 1
-    if self._timeout is not None:
-      client_call_details = _CallDetails(client_call_details, self._timeout)
+    if self.timeout is not None:
+      client_call_details = _CallDetails(client_call_details, self.timeout)
     outcome = continuation(client_call_details, request)
     error = outcome.exception()
     with self._lock:
@@ -511,9 +528,19 @@ class Cluster:
   def invoke(self, comp, arg):
     split = self._pool is not None and arg is not None and _has_client_values(
         comp.type_signature.parameter)
-    context = self._pool if split else self.workers[0].context
-    return self._guarded(self.workers if split else self.workers[:1],
-                         lambda: context.invoke(comp, arg))
+    if not split:
+      return self._guarded(self.workers[:1],
+                           lambda: self.workers[0].context.invoke(comp, arg))
+    # pylint: disable=g-import-not-at-top
+    from tensorflow_federated.python.common_libs import structure
+    from tensorflow_federated.python.core.impl.types import type_conversions
+    # pylint: enable=g-import-not-at-top
+    result = self._guarded(self.workers, lambda: self._pool.invoke(comp, arg))
+    # The merged result comes back in plain containers; restore the
+    # computation's Python classes (e.g. LearningProcessOutput, attrs states).
+    return type_conversions.type_to_py_container(
+        structure.from_container(result, recursive=True),
+        comp.type_signature.result)
 
   def run_on(self, worker: RemoteWorker, comp, *args):
     """Runs `comp(*args)` whole on `worker` (one of :attr:`workers`)."""
@@ -545,10 +572,9 @@ class Cluster:
       if lost:
         code, details = lost[0]
         if code == 'DEADLINE_EXCEEDED':
-          timeout = worker.meter._timeout  # pylint: disable=protected-access
           return WorkerLostError(
               f'TFF worker {worker.target} did not answer within the RPC '
-              f'deadline of {timeout:g} s (runtime.rpc_timeout)')
+              f'deadline of {worker.meter.timeout:g} s (runtime.rpc_timeout)')
         return WorkerLostError(
             f'lost TFF worker {worker.target} ({code}: '
             f'{details.splitlines()[0] if details else "no details"})')

@@ -105,10 +105,6 @@ def serve(
   Raises:
     WorkerError: The port is taken or the worker did not become ready.
   """
-  # pylint: disable=g-import-not-at-top
-  from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
-  import grpc
-  # pylint: enable=g-import-not-at-top
   check_port_free(port)
   stop = stop or threading.Event()
   if threading.current_thread() is threading.main_thread():
@@ -118,15 +114,10 @@ def serve(
       port=port, cwd=data_dir, inherit_output=True,
       max_concurrent_computation_calls=max_concurrent_computation_calls)
   try:
-    channel = grpc.insecure_channel(f'localhost:{port}',
-                                    runtime.GRPC_CHANNEL_OPTIONS)
-    stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel)
     try:
-      runtime._wait_ready(stub, worker, f'localhost:{port}')  # pylint: disable=protected-access
+      runtime.wait_serving(worker)
     except runtime.WorkerStartError as e:
       raise WorkerError(str(e).splitlines()[0]) from e
-    finally:
-      channel.close()
     print(f'TFF worker serving on port {port} (pid {worker.pid}); '
           f'data dir {data_dir}', file=out, flush=True)
     while not stop.is_set():

@@ -1,6 +1,5 @@
 """The main program end to end: run dir, resume, errors, no orphan workers."""
 
-import csv
 import io
 import json
 import os
@@ -11,38 +10,20 @@ from absl.testing import absltest
 import numpy as np
 
 from tests.tff_compress import process_utils
-from tff_compress import config_lib
+from tests.tff_compress import run_utils
 from tff_compress import simulate_lib
 from tff_compress.program import run_dir as run_dir_lib
 
-_SMOKE = os.path.join(process_utils.WORKSPACE, 'configs', 'smoke.py')
-
-
-def _smoke_config(**overrides):
-  cfg = config_lib.load_config_file(_SMOKE)
-  for key, value in overrides.items():
-    node = cfg
-    *path, leaf = key.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return config_lib.validate(cfg)
+_SMOKE = run_utils.SMOKE
+_smoke_config = run_utils.smoke_config
+_rows = run_utils.metrics_rows
+_weights = run_utils.final_weights
 
 
 def _simulate(*args, **popen_kwargs):
   return process_utils.popen_python(
       ['-m', 'tff_compress.simulate', f'--config={_SMOKE}', *args],
       **popen_kwargs)
-
-
-def _rows(run_dir):
-  with open(os.path.join(run_dir, 'metrics.csv'), newline='') as f:
-    return list(csv.DictReader(f))
-
-
-def _weights(run_dir):
-  with np.load(os.path.join(run_dir, 'final_weights.npz')) as z:
-    return [z[k] for k in sorted(z.files, key=lambda s: int(s.split('_')[1]))]
 
 
 class SimulateTest(absltest.TestCase):

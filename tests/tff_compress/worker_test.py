@@ -7,7 +7,6 @@ children must be gone afterwards.
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import signal
@@ -20,12 +19,15 @@ import numpy as np
 import portpicker
 
 from tests.tff_compress import process_utils
+from tests.tff_compress import run_utils
 from tff_compress import config_lib
 from tff_compress import runtime
 from tff_compress import simulate_lib
 from tff_compress.data import on_worker
 
-_SMOKE = os.path.join(process_utils.WORKSPACE, 'configs', 'smoke.py')
+_SMOKE = run_utils.SMOKE
+_rows = run_utils.metrics_rows
+_weights = run_utils.final_weights
 _FLOAT_COLUMNS = ('train_loss', 'train_accuracy', 'eval_loss',
                   'eval_accuracy')
 _EXACT_COLUMNS = ('round', 'bytes_down', 'bytes_up', 'client_flops',
@@ -33,26 +35,9 @@ _EXACT_COLUMNS = ('round', 'bytes_down', 'bytes_up', 'client_flops',
 
 
 def _config(workers='', data_dir='', **overrides):
-  cfg = config_lib.load_config_file(_SMOKE)
-  cfg.runtime.workers = workers
-  cfg.runtime.worker_data_dir = data_dir
-  for key, value in overrides.items():
-    node = cfg
-    *path, leaf = key.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return config_lib.validate(cfg)
-
-
-def _rows(run_dir):
-  with open(os.path.join(run_dir, 'metrics.csv'), newline='') as f:
-    return list(csv.DictReader(f))
-
-
-def _weights(run_dir):
-  with np.load(os.path.join(run_dir, 'final_weights.npz')) as z:
-    return [z[k] for k in sorted(z.files, key=lambda s: int(s.split('_')[1]))]
+  return run_utils.smoke_config(**{'runtime.workers': workers,
+                                   'runtime.worker_data_dir': data_dir},
+                                **overrides)
 
 
 class _Worker:
