@@ -1,0 +1,66 @@
+"""Every shipped config file loads and validates: a user never meets a
+config error in a file we ship."""
+
+import os
+
+# Keras 2.14 must be imported before absl parses flags (see tff_compress/cli.py).
+import tensorflow  # pylint: disable=unused-import
+from absl.testing import absltest
+
+from tests.tff_compress import process_utils
+from tff_compress import config_lib
+from tff_compress import tradeoff_lib
+
+_CONFIGS = os.path.join(process_utils.WORKSPACE, 'configs')
+
+
+def _config_files():
+  return sorted(f for f in os.listdir(_CONFIGS) if f.endswith('.py'))
+
+
+class ConfigsTest(absltest.TestCase):
+
+  def test_every_config_file_validates(self):
+    sweeps = 0
+    for name in _config_files():
+      with self.subTest(name):
+        cfg = config_lib.load_config_file(os.path.join(_CONFIGS, name))
+        if 'grids' in cfg:  # a trade-off sweep: validates every cell
+          sweeps += 1
+          base = config_lib.load_config_file(
+              os.path.join(process_utils.WORKSPACE, cfg.base))
+          cells = tradeoff_lib.expand(cfg, base)
+          self.assertGreater(len(cells), len(cfg.seeds))
+        else:
+          config_lib.validate(cfg)
+          self.assertEqual(cfg.name, name[:-len('.py')])
+    self.assertGreaterEqual(sweeps, 5)
+
+  def test_default_sweep_crosses_dp_compression_and_dropout(self):
+    sweep = config_lib.load_config_file(os.path.join(_CONFIGS, 'tradeoff.py'))
+    base = config_lib.load_config_file(
+        os.path.join(process_utils.WORKSPACE, sweep.base))
+    cells = tradeoff_lib.expand(sweep, base)
+    keys = {k for cell in cells for k, _ in cell.overrides}
+    for key in ('dp.noise_multiplier', 'uplink.bits', 'broadcast.bits',
+                'dropout.keep'):
+      self.assertIn(key, keys)
+    # DP combined with a codec and with dropout in one cell.
+    self.assertTrue(any(
+        {'dp.noise_multiplier', 'uplink.bits', 'dropout.keep'} <=
+        {k for k, _ in cell.overrides} for cell in cells))
+    # The baseline is non-private and uncompressed.
+    self.assertEqual(base.dp.mode, 'none')
+    self.assertEqual((base.uplink.bits, base.broadcast.bits), (32, 32))
+
+  def test_dp_fedavg_is_many_clients_with_dp(self):
+    many = config_lib.load_config_file(
+        os.path.join(_CONFIGS, 'many_clients.py'))
+    dp = config_lib.load_config_file(os.path.join(_CONFIGS, 'dp_fedavg.py'))
+    diff = {k for k, v in config_lib.flatten(dp).items()
+            if config_lib.flatten(many)[k] != v}
+    self.assertEqual(diff, {'name', 'dp.mode'})
+
+
+if __name__ == '__main__':
+  absltest.main()
