@@ -129,6 +129,18 @@ def build_dropout_process(
   server_val_type = tff.StructType([('weights', model_weights_type),
                                     ('round', np.int64)])
 
+  # federated_select delivers a *sequence* (a tf.data dataset) per client,
+  # and TFF 0.87 maps its elements between TFF's order and tf.nest's, which
+  # sorts dict keys: a dict whose keys are not in sorted order (a codec
+  # entry's 'quantize/min', 'quantize/max') arrives with its values
+  # swapped. So the encoded message crosses as a flat tuple in tf.nest order
+  # and is repacked on the client.
+  if down_coder is not None:
+    message_template = collections.OrderedDict(
+        payload=[collections.OrderedDict((name, 0) for name in spec)
+                 for spec in down_coder.specs()],
+        seed=0)
+
   @tff.tensorflow.computation(server_val_type, np.int32)
   def select_fn(server_val, key):
     kept = kept_for(server_val['round'], key)
@@ -138,7 +150,8 @@ def build_dropout_process(
     if down_coder is None:
       return sub
     s = codec_seed(server_val['round'], key, 1)
-    return collections.OrderedDict(payload=down_coder.encode(sub, s), seed=s)
+    return tuple(tf.nest.flatten(collections.OrderedDict(
+        payload=down_coder.encode(sub, s), seed=s)))
 
   selected_type = select_fn.type_signature.result
 
@@ -148,7 +161,8 @@ def build_dropout_process(
     if down_coder is None:
       weights = message
     else:
-      weights = down_coder.decode(message['payload'], message['seed'])
+      unpacked = tf.nest.pack_sequence_as(message_template, list(message))
+      weights = down_coder.decode(unpacked['payload'], unpacked['seed'])
     return weights, payload.tensor_bytes(message)
 
   @tff.tensorflow.computation(sub_trainable_type, np.int64, np.int32)

@@ -211,6 +211,29 @@ class DropoutProcessTest(absltest.TestCase):
     self.assertLess(down, int(ref.metrics['distributor']['bytes_down']) / 3.5)
     self.assertLess(up, int(ref.metrics['aggregator']['bytes_up']) / 10)
 
+  def test_encoded_submodels_arrive_intact(self):
+    """A nearly lossless (16-bit) broadcast of the selected submodels gives
+    the float round's model: federated_select must deliver every codec entry
+    (min/max, codes) where the decoder expects it."""
+    task = _task(hidden=(64,))
+    data = learning_testing.random_datasets([8, 8, 8])
+    weights = {}
+    for bits in (32, 16):
+      cfg = _cfg(keep=0.75)
+      cfg.broadcast.bits = bits
+      cfg.broadcast.min_size = 100
+      training = process.build_training(cfg, task)
+      with runtime.local_context():
+        state = training.process.initialize()
+        w0 = _flat(training.process.get_model_weights(state).trainable)
+        out = training.process.next(state, training.client_inputs(data))
+        weights[bits] = _flat(
+            training.process.get_model_weights(out.state).trainable)
+    for before, exact, decoded in zip(w0, weights[32], weights[16]):
+      update = np.abs(exact - before).max()
+      self.assertGreater(update, 0)
+      np.testing.assert_allclose(decoded, exact, atol=0.01 * update)
+
   def test_user_dp_bounds_the_decoded_submodel_updates(self):
     """DP-FedAvg + 1-bit Hadamard uplink: sum of decoded updates <= K C."""
     task = _task(hidden=(64,))
