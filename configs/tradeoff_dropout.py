@@ -6,7 +6,12 @@ clients, 10 per round), 30 rounds, seeds 0 and 1:
   no_rescale: dropout.keep 0.75 without activation rescaling          (1 cell)
   combined:   dropout.keep {0.75, 0.625, 0.5} x broadcast {4, 3}-bit
               (no transform) x uplink 1-bit Hadamard                 (6 cells)
-12 cells x 2 seeds. Results: docs/results/dropout/ and docs/BENCHMARKS.md.
+  half_down, half_up: dropout.keep 0.5 with only the 4-bit broadcast or
+              only the 1-bit Hadamard uplink (which codec p = 0.5 cannot
+              take)                                                  (2 cells)
+  mixed:      dropout.keep 0.75 with dense1 at 0.5 (its kernel is 97 % of
+              the bytes) x broadcast {4, 3}-bit x uplink 1-bit Hadamard (2 cells)
+16 cells x 2 seeds. Results: docs/results/dropout/ and docs/BENCHMARKS.md.
 """
 
 import ml_collections
@@ -36,6 +41,26 @@ def get_config():
   g.dropout.keep = KEEPS[2:]
   g.broadcast = ml_collections.ConfigDict()
   g.broadcast.transform = ('none',)
+  g.broadcast.bits = (4, 3)
+  g.uplink = ml_collections.ConfigDict()
+  g.uplink.transform = ('hadamard',)
+  g.uplink.bits = (1,)
+  g = c.grids.half_down = ml_collections.ConfigDict()
+  g.dropout = ml_collections.ConfigDict()
+  g.dropout.keep = (0.5,)
+  g.broadcast = ml_collections.ConfigDict()
+  g.broadcast.bits = (4,)
+  g = c.grids.half_up = ml_collections.ConfigDict()
+  g.dropout = ml_collections.ConfigDict()
+  g.dropout.keep = (0.5,)
+  g.uplink = ml_collections.ConfigDict()
+  g.uplink.transform = ('hadamard',)
+  g.uplink.bits = (1,)
+  g = c.grids.mixed = ml_collections.ConfigDict()
+  g.dropout = ml_collections.ConfigDict()
+  g.dropout.keep = (0.75,)
+  g.dropout.per_layer = ('dense1=0.5',)
+  g.broadcast = ml_collections.ConfigDict()
   g.broadcast.bits = (4, 3)
   g.uplink = ml_collections.ConfigDict()
   g.uplink.transform = ('hadamard',)
