@@ -9,10 +9,12 @@ bytes shrink. The input and output layers keep all their inputs/outputs.
 
 Conventions:
   * A hidden layer with `n` units keeps `k = max(1, round(p * n))` of them.
-  * No rescaling: the submodel's forward pass equals the full model's forward
-    pass with the dropped units' activations set to zero (Caldas et al.'s
-    implementation does not rescale either; the update is applied to the
-    full model, which is what is evaluated).
+  * The plan itself does not rescale: the submodel's forward pass equals
+    the full model's with the dropped units' activations set to zero
+    (Caldas et al.'s convention). `dropout.rescale` (default on) adds a
+    weightless n/k `Rescaling` after each dropped layer of the model a
+    client trains (`SubmodelPlan.scales`, `models/scaling.py`); the full
+    model is evaluated unscaled.
   * Kept units are the `k` smallest of `n` stateless uniform draws, sorted by
     index, from a seed made of (config seed, round, mask key, layer index).
     The mask key is the client's slot in the round (`per_client`) or 0
