@@ -3,8 +3,10 @@
 Base: configs/fedgkt.py (FedGKT, float32 features). Cells: 8- and 4-bit
 features; server distillation (beta 1, the paper's server loss); FedAvg-BN
 (FedAvg averaging batch-norm statistics, the baseline) and TFF's FedAvg
-(trainable variables only) on the whole ResNet-20, at equal rounds, two
-seeds each.
+(trainable variables only) on the whole ResNet-20, at equal rounds, the
+former also with server momentum 0.9 and 1 or 2 local epochs; and
+FedGKT vs FedAvg-BN with the paper's ResNet-56 (57x fewer edge parameters,
+9x fewer edge FLOPs). Two seeds each.
 
   ./bazelw run //tff_compress:tradeoff -- --config=configs/tradeoff_fedgkt.py
 """
@@ -28,4 +30,16 @@ def get_config():
   c.grids.server_kd.gkt.beta = (1.0,)
   c.grids.fedavg = ml_collections.ConfigDict()
   c.grids.fedavg.algorithm = ('fedavg_bn', 'fedavg')
+  # FedAvg-BN with server momentum (the project's FedAvgM default) and
+  # one or two local epochs: the baseline at its best, not at SGD defaults.
+  c.grids.fedavg_bn_m = ml_collections.ConfigDict()
+  c.grids.fedavg_bn_m.algorithm = ('fedavg_bn',)
+  c.grids.fedavg_bn_m.server = ml_collections.ConfigDict()
+  c.grids.fedavg_bn_m.server.momentum = (0.9,)
+  c.grids.fedavg_bn_m.client = ml_collections.ConfigDict()
+  c.grids.fedavg_bn_m.client.epochs = (1, 2)
+  c.grids.resnet56 = ml_collections.ConfigDict()
+  c.grids.resnet56.model = ml_collections.ConfigDict()
+  c.grids.resnet56.model.name = ('resnet56',)
+  c.grids.resnet56.algorithm = ('fedgkt', 'fedavg_bn')
   return c
