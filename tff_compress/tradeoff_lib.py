@@ -381,9 +381,46 @@ def write_results(rows: Sequence[dict], sweep_dir: str) -> None:
         f'{row["up_ratio_vs_baseline"]:.1f} | '
         f'{1 / row["client_flops_ratio_vs_baseline"]:.2f} | {eps} | '
         f'{row["mean_round_seconds"]:.2f} |')
+  lines.extend(frontier_lines(rows))
   with open(os.path.join(sweep_dir, 'results.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   _plot(rows, sweep_dir)
+
+
+# (row key or callable, what it costs, how to print it) of each frontier.
+_FRONTIERS = (
+    (lambda r: r['bytes_down_per_client_round'] +
+     r['bytes_up_per_client_round'], 'bytes down+up per client-round',
+     lambda v: f'{v:,.0f} B'),
+    ('bytes_up_per_client_round', 'uplink bytes per client-round',
+     lambda v: f'{v:,.0f} B'),
+    ('bytes_down_per_client_round', 'downlink bytes per client-round',
+     lambda v: f'{v:,.0f} B'),
+    ('client_flops_per_round', 'client training FLOPs per round',
+     lambda v: f'{v / 1e6:,.1f} MFLOPs'),
+    ('epsilon', 'ε', lambda v: f'{v:.2f}'),
+)
+
+
+def frontier_lines(rows: Sequence[dict]) -> list[str]:
+  """Markdown: for each cost, the settings no other setting beats on both
+  that cost and accuracy (the Pareto frontier), cheapest first.
+
+  The ε frontier covers the DP settings only (a non-private run has no ε).
+  """
+  out = []
+  for key, what, fmt in _FRONTIERS:
+    cost = key if callable(key) else (lambda r, k=key: r.get(k))
+    pts = [(cost(r), r['accuracy_mean'], r) for r in rows
+           if cost(r) is not None]
+    if not pts:
+      continue
+    front = pareto([(c, a) for c, a, _ in pts])
+    out += ['', f'Pareto frontier, accuracy vs {what}:', '']
+    for i in front:
+      c, a, r = pts[i]
+      out.append(f'* {fmt(c)}: {a:.4f} — {r["setting"]}')
+  return out
 
 
 def _plot(rows: Sequence[dict], sweep_dir: str) -> None:

@@ -60,6 +60,25 @@ class ExpandTest(absltest.TestCase):
     pts = [(10, 0.5), (1, 0.4), (5, 0.45), (5, 0.3), (20, 0.5), (2, 0.6)]
     self.assertEqual(tradeoff_lib.pareto(pts), [1, 5])
 
+  def test_frontier_lines_list_the_undominated_settings(self):
+    def row(setting, acc, down, up, eps=None):
+      return {'setting': setting, 'accuracy_mean': acc,
+              'bytes_down_per_client_round': down,
+              'bytes_up_per_client_round': up,
+              'client_flops_per_round': 1e6, 'epsilon': eps}
+    rows = [row('baseline', 0.90, 100, 100), row('a', 0.91, 50, 100),
+            row('b', 0.80, 100, 10), row('c', 0.85, 100, 200, 3.0),
+            row('d', 0.70, 100, 200, 1.0), row('e', 0.60, 100, 200, 2.0)]
+    text = '\n'.join(tradeoff_lib.frontier_lines(rows))
+    total = text.split('accuracy vs bytes down+up per client-round:')[1]
+    total = total.split('Pareto')[0]
+    self.assertEqual(
+        [l for l in total.splitlines() if l.startswith('* ')],
+        ['* 110 B: 0.8000 — b', '* 150 B: 0.9100 — a'])
+    eps = text.split('accuracy vs ε:')[1]
+    self.assertEqual([l for l in eps.splitlines() if l.startswith('* ')],
+                     ['* 1.00: 0.7000 — d', '* 3.00: 0.8500 — c'])
+
 
 class SweepEndToEndTest(absltest.TestCase):
 
@@ -93,6 +112,8 @@ class SweepEndToEndTest(absltest.TestCase):
     self.assertLen(one_bit, 2)
     for r in one_bit:  # 1-bit Hadamard uplink: > 20x fewer bytes
       self.assertGreater(float(r['up_ratio_vs_float32']), 20)
+    with open(os.path.join(sweep_dir, 'results.md')) as f:
+      self.assertIn('Pareto frontier, accuracy vs ε:', f.read())
     for name in ('results.md', 'accuracy_vs_uplink_bytes.png',
                  'accuracy_vs_downlink_bytes.png',
                  'accuracy_vs_epsilon.png', 'accuracy_vs_client_flops.png'):
