@@ -21,38 +21,17 @@ replace-one); it depends only on σ, K/N and the rounds. Results: docs/results/t
 Caldas' per-direction codec table is configs/tradeoff_codecs.py.
 """
 
-import ml_collections
-
 from tff_compress import tradeoff_lib
 
 SIGMAS = (0.3, 0.5, 0.7, 1.0, 1.5)
-_UPLINKS = {  # transform, bits, subsample
-    'up4': ('hadamard', 4, 1.0),
-    'up2': ('kashin', 2, 1.0),
-    'up1': ('hadamard', 1, 0.5),
-}
-
-
-def _grid(sigmas=None, uplink=None, broadcast_bits=None, keep=None):
-  """One grid: DP noise levels (None = no DP) x fixed codec/dropout values."""
-  g = ml_collections.ConfigDict()
-  if sigmas is not None:
-    g.dp = ml_collections.ConfigDict()
-    g.dp.mode = ('user',)
-    g.dp.noise_multiplier = tuple(sigmas)
-  if uplink is not None:
-    transform, bits, subsample = _UPLINKS[uplink]
-    g.uplink = ml_collections.ConfigDict()
-    g.uplink.transform = (transform,)
-    g.uplink.bits = (bits,)
-    g.uplink.subsample = (subsample,)
-  if broadcast_bits is not None:
-    g.broadcast = ml_collections.ConfigDict()
-    g.broadcast.bits = tuple(broadcast_bits)
-  if keep is not None:
-    g.dropout = ml_collections.ConfigDict()
-    g.dropout.keep = tuple(keep)
-  return g
+_DP = {'dp.mode': 'user'}
+# 4-bit Hadamard; 2-bit Kashin; 1-bit Hadamard with half the coordinates.
+_UP4 = {'uplink.transform': 'hadamard', 'uplink.bits': 4,
+        'uplink.subsample': 1.0}
+_UP2 = {'uplink.transform': 'kashin', 'uplink.bits': 2,
+        'uplink.subsample': 1.0}
+_UP1 = {'uplink.transform': 'hadamard', 'uplink.bits': 1,
+        'uplink.subsample': 0.5}
 
 
 def get_config():
@@ -62,17 +41,20 @@ def get_config():
   c.rounds = 30
   c.seeds = (0, 1)
   c.parallel = 1
-  c.grids = ml_collections.ConfigDict()
-  c.grids.dp = _grid(sigmas=SIGMAS)
-  c.grids.dp_up4 = _grid(sigmas=SIGMAS, uplink='up4')
-  c.grids.dp_up2 = _grid(sigmas=(0.7, 1.0), uplink='up2')
-  c.grids.dp_up1 = _grid(sigmas=(0.7, 1.0), uplink='up1')
-  c.grids.up4 = _grid(uplink='up4')
-  c.grids.up1 = _grid(uplink='up1')
-  c.grids.down = _grid(broadcast_bits=(8, 4))
-  c.grids.dropout = _grid(keep=(0.75, 0.5))
-  c.grids.dp_dropout = _grid(sigmas=(1.0,), keep=(0.75, 0.5))
-  c.grids.dp_combined = _grid(sigmas=(0.7, 1.0), uplink='up4',
-                              broadcast_bits=(8,), keep=(0.75,))
-  c.grids.combined = _grid(uplink='up1', broadcast_bits=(8,), keep=(0.75,))
+  grid = tradeoff_lib.grid
+  c.grids.dp = grid({**_DP, 'dp.noise_multiplier': SIGMAS})
+  c.grids.dp_up4 = grid({**_DP, 'dp.noise_multiplier': SIGMAS, **_UP4})
+  c.grids.dp_up2 = grid({**_DP, 'dp.noise_multiplier': (0.7, 1.0), **_UP2})
+  c.grids.dp_up1 = grid({**_DP, 'dp.noise_multiplier': (0.7, 1.0), **_UP1})
+  c.grids.up4 = grid(_UP4)
+  c.grids.up1 = grid(_UP1)
+  c.grids.down = grid({'broadcast.bits': (8, 4)})
+  c.grids.dropout = grid({'dropout.keep': (0.75, 0.5)})
+  c.grids.dp_dropout = grid({**_DP, 'dp.noise_multiplier': 1.0,
+                             'dropout.keep': (0.75, 0.5)})
+  c.grids.dp_combined = grid({**_DP, 'dp.noise_multiplier': (0.7, 1.0),
+                              **_UP4, 'broadcast.bits': 8,
+                              'dropout.keep': 0.75})
+  c.grids.combined = grid({**_UP1, 'broadcast.bits': 8,
+                           'dropout.keep': 0.75})
   return c

@@ -15,18 +15,13 @@ docs/results/tradeoff_codecs/. The DP x compression x dropout sweep is
 configs/tradeoff.py.
 """
 
-import ml_collections
-
 from tff_compress import tradeoff_lib
 
 
 def _codec_grid(direction, transforms, bits, subsample):
-  grid = ml_collections.ConfigDict()
-  grid[direction] = ml_collections.ConfigDict()
-  grid[direction].transform = transforms
-  grid[direction].bits = bits
-  grid[direction].subsample = subsample
-  return grid
+  return tradeoff_lib.grid({f'{direction}.transform': transforms,
+                            f'{direction}.bits': bits,
+                            f'{direction}.subsample': subsample})
 
 
 def get_config():
@@ -36,7 +31,6 @@ def get_config():
   c.rounds = 30
   c.seeds = (0,)
   c.parallel = 1
-  c.grids = ml_collections.ConfigDict()
   bits = (1, 2, 4, 8)
   c.grids.down = _codec_grid('broadcast', ('none', 'hadamard'), bits,
                              (1.0, 0.5))

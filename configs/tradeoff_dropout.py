@@ -14,11 +14,10 @@ clients, 10 per round), 30 rounds, seeds 0 and 1:
 16 cells x 2 seeds. Results: docs/results/dropout/ and docs/BENCHMARKS.md.
 """
 
-import ml_collections
-
 from tff_compress import tradeoff_lib
 
 KEEPS = (1.0, 0.875, 0.75, 0.625, 0.5)
+_UP1 = {'uplink.transform': 'hadamard', 'uplink.bits': 1}
 
 
 def get_config():
@@ -28,41 +27,14 @@ def get_config():
   c.rounds = 30
   c.seeds = (0, 1)
   c.parallel = 1
-  c.grids = ml_collections.ConfigDict()
-  c.grids.alone = ml_collections.ConfigDict()
-  c.grids.alone.dropout = ml_collections.ConfigDict()
-  c.grids.alone.dropout.keep = KEEPS
-  g = c.grids.no_rescale = ml_collections.ConfigDict()
-  g.dropout = ml_collections.ConfigDict()
-  g.dropout.keep = (0.75,)
-  g.dropout.rescale = (False,)
-  g = c.grids.combined = ml_collections.ConfigDict()
-  g.dropout = ml_collections.ConfigDict()
-  g.dropout.keep = KEEPS[2:]
-  g.broadcast = ml_collections.ConfigDict()
-  g.broadcast.transform = ('none',)
-  g.broadcast.bits = (4, 3)
-  g.uplink = ml_collections.ConfigDict()
-  g.uplink.transform = ('hadamard',)
-  g.uplink.bits = (1,)
-  g = c.grids.half_down = ml_collections.ConfigDict()
-  g.dropout = ml_collections.ConfigDict()
-  g.dropout.keep = (0.5,)
-  g.broadcast = ml_collections.ConfigDict()
-  g.broadcast.bits = (4,)
-  g = c.grids.half_up = ml_collections.ConfigDict()
-  g.dropout = ml_collections.ConfigDict()
-  g.dropout.keep = (0.5,)
-  g.uplink = ml_collections.ConfigDict()
-  g.uplink.transform = ('hadamard',)
-  g.uplink.bits = (1,)
-  g = c.grids.mixed = ml_collections.ConfigDict()
-  g.dropout = ml_collections.ConfigDict()
-  g.dropout.keep = (0.75,)
-  g.dropout.per_layer = ('dense1=0.5',)
-  g.broadcast = ml_collections.ConfigDict()
-  g.broadcast.bits = (4, 3)
-  g.uplink = ml_collections.ConfigDict()
-  g.uplink.transform = ('hadamard',)
-  g.uplink.bits = (1,)
+  grid = tradeoff_lib.grid
+  c.grids.alone = grid({'dropout.keep': KEEPS})
+  c.grids.no_rescale = grid({'dropout.keep': 0.75, 'dropout.rescale': False})
+  c.grids.combined = grid({'dropout.keep': KEEPS[2:],
+                           'broadcast.transform': 'none',
+                           'broadcast.bits': (4, 3), **_UP1})
+  c.grids.half_down = grid({'dropout.keep': 0.5, 'broadcast.bits': 4})
+  c.grids.half_up = grid({'dropout.keep': 0.5, **_UP1})
+  c.grids.mixed = grid({'dropout.keep': 0.75, 'dropout.per_layer': 'dense1=0.5',
+                        'broadcast.bits': (4, 3), **_UP1})
   return c

@@ -11,8 +11,6 @@ FedGKT vs FedAvg-BN with the paper's ResNet-56 (57x fewer edge parameters,
   ./bazelw run //tff_compress:tradeoff -- --config=configs/tradeoff_fedgkt.py
 """
 
-import ml_collections
-
 from tff_compress import tradeoff_lib
 
 
@@ -21,25 +19,15 @@ def get_config():
   c.name = 'tradeoff_fedgkt'
   c.base = 'configs/fedgkt.py'
   c.seeds = (0, 1)
-  c.grids = ml_collections.ConfigDict()
-  c.grids.features = ml_collections.ConfigDict()
-  c.grids.features.gkt = ml_collections.ConfigDict()
-  c.grids.features.gkt.bits = (8, 4)
-  c.grids.server_kd = ml_collections.ConfigDict()
-  c.grids.server_kd.gkt = ml_collections.ConfigDict()
-  c.grids.server_kd.gkt.beta = (1.0,)
-  c.grids.fedavg = ml_collections.ConfigDict()
-  c.grids.fedavg.algorithm = ('fedavg_bn', 'fedavg')
+  grid = tradeoff_lib.grid
+  c.grids.features = grid({'gkt.bits': (8, 4)})
+  c.grids.server_kd = grid({'gkt.beta': 1.0})
+  c.grids.fedavg = grid({'algorithm': ('fedavg_bn', 'fedavg')})
   # FedAvg-BN with server momentum (the project's FedAvgM default) and
   # one or two local epochs: the baseline at its best, not at SGD defaults.
-  c.grids.fedavg_bn_m = ml_collections.ConfigDict()
-  c.grids.fedavg_bn_m.algorithm = ('fedavg_bn',)
-  c.grids.fedavg_bn_m.server = ml_collections.ConfigDict()
-  c.grids.fedavg_bn_m.server.momentum = (0.9,)
-  c.grids.fedavg_bn_m.client = ml_collections.ConfigDict()
-  c.grids.fedavg_bn_m.client.epochs = (1, 2)
-  c.grids.resnet56 = ml_collections.ConfigDict()
-  c.grids.resnet56.model = ml_collections.ConfigDict()
-  c.grids.resnet56.model.name = ('resnet56',)
-  c.grids.resnet56.algorithm = ('fedgkt', 'fedavg_bn')
+  c.grids.fedavg_bn_m = grid({'algorithm': 'fedavg_bn',
+                              'server.momentum': 0.9,
+                              'client.epochs': (1, 2)})
+  c.grids.resnet56 = grid({'model.name': 'resnet56',
+                           'algorithm': ('fedgkt', 'fedavg_bn')})
   return c

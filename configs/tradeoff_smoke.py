@@ -4,8 +4,6 @@ Codec axes (uplink bits x broadcast bits), a Federated Dropout cell and a
 DP-FedAvg cell, plus the baseline.
 """
 
-import ml_collections
-
 from tff_compress import tradeoff_lib
 
 
@@ -15,20 +13,11 @@ def get_config():
   c.base = 'configs/smoke.py'
   c.rounds = 2
   c.seeds = (0,)
-  c.grids = ml_collections.ConfigDict()
-  c.grids.codec = ml_collections.ConfigDict()
-  c.grids.codec.uplink = ml_collections.ConfigDict()
-  c.grids.codec.uplink.transform = ('hadamard',)
-  c.grids.codec.uplink.bits = (8, 1)
-  c.grids.codec.broadcast = ml_collections.ConfigDict()
-  c.grids.codec.broadcast.bits = (32, 4)
-  c.grids.codec.broadcast.transform = ('kashin',)
-  c.grids.dropout = ml_collections.ConfigDict()
-  c.grids.dropout.dropout = ml_collections.ConfigDict()
-  c.grids.dropout.dropout.keep = (0.5,)
-  c.grids.dp = ml_collections.ConfigDict()
-  c.grids.dp.dp = ml_collections.ConfigDict()
-  c.grids.dp.dp.mode = ('user',)
-  c.grids.dp.dp.noise_multiplier = (1.0,)
-  c.grids.dp.dp.clip = (0.5,)
+  grid = tradeoff_lib.grid
+  c.grids.codec = grid({'uplink.transform': 'hadamard', 'uplink.bits': (8, 1),
+                        'broadcast.bits': (32, 4),
+                        'broadcast.transform': 'kashin'})
+  c.grids.dropout = grid({'dropout.keep': 0.5})
+  c.grids.dp = grid({'dp.mode': 'user', 'dp.noise_multiplier': 1.0,
+                     'dp.clip': 0.5})
   return c

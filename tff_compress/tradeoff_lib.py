@@ -62,6 +62,25 @@ def default_sweep_config() -> ml_collections.ConfigDict:
   return c
 
 
+def grid(axes: dict) -> ml_collections.ConfigDict:
+  """A grid from dotted config keys: `grid({'uplink.bits': (1, 2)})`.
+
+  A scalar value is an axis of one value. The grid's cells are the product
+  of its axes.
+  """
+  g = ml_collections.ConfigDict()
+  for key, values in axes.items():
+    node = g
+    *parents, leaf = key.split('.')
+    for part in parents:
+      if part not in node:
+        node[part] = ml_collections.ConfigDict()
+      node = node[part]
+    node[leaf] = tuple(values) if isinstance(values, (tuple, list)) else (
+        values,)
+  return g
+
+
 def _axes_of(grid: ml_collections.ConfigDict) -> list[tuple[str, tuple]]:
   axes = []
   for key, values in config_lib.flatten(grid).items():

@@ -13,17 +13,22 @@ from tff_compress import config_lib
 SMOKE = os.path.join(process_utils.WORKSPACE, 'configs', 'smoke.py')
 
 
-def smoke_config(**overrides):
-  """`configs/smoke.py` with dotted-key overrides (`{'dropout.keep': 0.5}`),
-  validated."""
-  cfg = config_lib.load_config_file(SMOKE)
+def config_file(path: str, validate: bool = True, **overrides):
+  """The config file at `path` with dotted-key overrides
+  (`{'dropout.keep': 0.5}`), validated unless `validate` is False."""
+  cfg = config_lib.load_config_file(path)
   for key, value in overrides.items():
     node = cfg
-    *path, leaf = key.split('.')
-    for p in path:
+    *parents, leaf = key.split('.')
+    for p in parents:
       node = node[p]
     node[leaf] = value
-  return config_lib.validate(cfg)
+  return config_lib.validate(cfg) if validate else cfg
+
+
+def smoke_config(**overrides):
+  """`configs/smoke.py` with overrides, validated."""
+  return config_file(SMOKE, **overrides)
 
 
 def metrics_rows(run_dir):

@@ -4,6 +4,8 @@ import csv
 import os
 import subprocess
 
+# Keras 2.14 must be imported before absl parses flags (see tff_compress/cli.py).
+import tensorflow  # pylint: disable=unused-import
 from absl.testing import absltest
 import ml_collections
 
@@ -55,6 +57,19 @@ class ExpandTest(absltest.TestCase):
     for sweep, expected in cases:
       with self.assertRaisesRegex(tradeoff_lib.SweepError, expected):
         tradeoff_lib.expand(sweep, self.base)
+
+  def test_grid_from_dotted_keys(self):
+    g = tradeoff_lib.grid({'uplink.bits': (1, 2), 'uplink.transform':
+                           'hadamard', 'dropout.keep': [0.5]})
+    self.assertEqual(g.uplink.bits, (1, 2))
+    self.assertEqual(g.uplink.transform, ('hadamard',))
+    self.assertEqual(g.dropout.keep, (0.5,))
+    sweep = tradeoff_lib.default_sweep_config()
+    sweep.grids.g = g
+    cells = tradeoff_lib.expand(sweep, self.base)
+    self.assertLen(cells, 3)  # baseline + 2
+    self.assertEqual(
+        {dict(c.overrides).get('uplink.bits') for c in cells}, {None, 1, 2})
 
   def test_pareto(self):
     pts = [(10, 0.5), (1, 0.4), (5, 0.45), (5, 0.3), (20, 0.5), (2, 0.6)]

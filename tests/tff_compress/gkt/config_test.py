@@ -6,20 +6,15 @@ import subprocess
 from absl.testing import absltest
 
 from tests.tff_compress import process_utils
+from tests.tff_compress import run_utils
 from tff_compress import config_lib
 
 _CONFIGS = os.path.join(process_utils.WORKSPACE, 'configs')
 
 
 def _fedgkt(**overrides):
-  cfg = config_lib.load_config_file(os.path.join(_CONFIGS, 'fedgkt.py'))
-  for key, value in overrides.items():
-    node = cfg
-    *path, leaf = key.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return cfg
+  return run_utils.config_file(os.path.join(_CONFIGS, 'fedgkt.py'),
+                               validate=False, **overrides)
 
 
 class ConfigTest(absltest.TestCase):

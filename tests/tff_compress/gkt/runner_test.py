@@ -1,6 +1,5 @@
 """`simulate` with algorithm=fedgkt: run-dir contract, bytes, resume."""
 
-import csv
 import io
 import json
 import os
@@ -10,6 +9,7 @@ from absl.testing import absltest
 import numpy as np
 
 from tests.tff_compress import process_utils
+from tests.tff_compress import run_utils
 from tff_compress import config_lib
 from tff_compress import simulate_lib
 from tff_compress.data import registry as data_registry
@@ -35,14 +35,8 @@ def _config():
   return config_lib.validate(cfg)
 
 
-def _rows(run_dir):
-  with open(os.path.join(run_dir, 'metrics.csv'), newline='') as f:
-    return list(csv.DictReader(f))
-
-
-def _weights(run_dir):
-  with np.load(os.path.join(run_dir, 'final_weights.npz')) as z:
-    return [z[k] for k in sorted(z.files, key=lambda s: int(s.split('_')[1]))]
+_rows = run_utils.metrics_rows
+_weights = run_utils.final_weights
 
 
 class _Stop(Exception):
