@@ -455,7 +455,7 @@ def _plot(rows: Sequence[dict], sweep_dir: str) -> None:
            ('client_flops_per_round', 'training FLOPs per client-round',
             'accuracy_vs_client_flops.png', True),
            ('epsilon', 'ε (at the config δ)', 'accuracy_vs_epsilon.png',
-            False))
+            True))
   base = next((r for r in rows if r['grid'] == 'baseline'), None)
   for key, label, filename, log in specs:
     pts = [(r[key], r['accuracy_mean'], r) for r in rows
