@@ -427,6 +427,8 @@ def frontier_lines(rows: Sequence[dict]) -> list[str]:
 
   The ε frontier covers the DP settings only (a non-private run has no ε).
   """
+  base = next((r['accuracy_mean'] for r in rows
+               if r.get('setting') == 'baseline'), None)
   out = []
   for key, what, fmt in _FRONTIERS:
     cost = key if callable(key) else (lambda r, k=key: r.get(k))
@@ -438,7 +440,9 @@ def frontier_lines(rows: Sequence[dict]) -> list[str]:
     out += ['', f'Pareto frontier, accuracy vs {what}:', '']
     for i in front:
       c, a, r = pts[i]
-      out.append(f'* {fmt(c)}: {a:.4f} — {r["setting"]}')
+      delta = ('' if base is None or r['setting'] == 'baseline' else
+               f' ({100 * (a - base):+.1f} pt vs baseline)')
+      out.append(f'* {fmt(c)}: {a:.4f}{delta} — {r["setting"]}')
   return out
 
 

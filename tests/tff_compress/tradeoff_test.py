@@ -89,10 +89,12 @@ class ExpandTest(absltest.TestCase):
     total = total.split('Pareto')[0]
     self.assertEqual(
         [l for l in total.splitlines() if l.startswith('* ')],
-        ['* 110 B: 0.8000 — b', '* 150 B: 0.9100 — a'])
+        ['* 110 B: 0.8000 (-10.0 pt vs baseline) — b',
+         '* 150 B: 0.9100 (+1.0 pt vs baseline) — a'])
     eps = text.split('accuracy vs ε:')[1]
     self.assertEqual([l for l in eps.splitlines() if l.startswith('* ')],
-                     ['* 1.00: 0.7000 — d', '* 3.00: 0.8500 — c'])
+                     ['* 1.00: 0.7000 (-20.0 pt vs baseline) — d',
+                      '* 3.00: 0.8500 (-5.0 pt vs baseline) — c'])
 
 
 class SweepEndToEndTest(absltest.TestCase):
