@@ -2,8 +2,9 @@
 
   ./bazelw run //mobile_export:step_benchmark -- --model_dir=runs/X/tflite
 
-Same model, batch and weights. TensorFlow side, in this process as
-`tf.function`s: (a) the usual Keras step (GradientTape + SGD apply), (b) the
+Same model, batch, weights and thread count (`--threads` for TensorFlow's
+intra-op pool and for the TFLite interpreters). TensorFlow side, in this
+process as `tf.function`s: (a) the usual Keras step (GradientTape + SGD apply), (b) the
 trainer's own step (explicit builtin-op backward passes). TFLite side:
 trainer.tflite's `train` signature in .venv-device (tflite-runtime and
 ai-edge-litert, no TensorFlow), each in its own process. Rounds alternate
@@ -27,11 +28,14 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 _MODEL_DIR = flags.DEFINE_string('model_dir', None, 'An export directory.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per measurement.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating measurement rounds.')
-_THREADS = flags.DEFINE_integer('threads', 2, 'TFLite interpreter threads.')
+_THREADS = flags.DEFINE_integer('threads', 2, 'Threads, TF and TFLite.')
 
 
 def main(argv):
   del argv
+  # Before TensorFlow's runtime starts: equal threads on both sides.
+  tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
+  tf.config.threading.set_inter_op_parallelism_threads(_THREADS.value)
   # pylint: disable=g-import-not-at-top
   import numpy as np
   from mobile_export import layers
