@@ -543,6 +543,8 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     raise ConfigError(f'config file not found: {path}')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  if not callable(getattr(module, 'get_config', None)):
+    raise ConfigError(f'config file {path} defines no get_config()')
   return module.get_config()
 
 

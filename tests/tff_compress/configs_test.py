@@ -15,7 +15,11 @@ _CONFIGS = os.path.join(process_utils.WORKSPACE, 'configs')
 
 
 def _config_files():
-  return sorted(f for f in os.listdir(_CONFIGS) if f.endswith('.py'))
+  # Bazel's runfiles tree adds an empty __init__.py to every Python folder.
+  files = sorted(f for f in os.listdir(_CONFIGS)
+                 if f.endswith('.py') and not f.startswith('_'))
+  assert len(files) >= 10, files  # the test must see the shipped configs
+  return files
 
 
 class ConfigsTest(absltest.TestCase):
@@ -52,6 +56,13 @@ class ConfigsTest(absltest.TestCase):
     # The baseline is non-private and uncompressed.
     self.assertEqual(base.dp.mode, 'none')
     self.assertEqual((base.uplink.bits, base.broadcast.bits), (32, 32))
+
+  def test_file_without_get_config_is_a_config_error(self):
+    path = self.create_tempfile('cfg.py', content='x = 1\n').full_path
+    with self.assertRaisesRegex(config_lib.ConfigError, 'no get_config'):
+      config_lib.load_config_file(path)
+    with self.assertRaisesRegex(config_lib.ConfigError, 'not found'):
+      config_lib.load_config_file(path + '.missing')
 
   def test_dp_fedavg_is_many_clients_with_dp(self):
     many = config_lib.load_config_file(
