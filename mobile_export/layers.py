@@ -9,20 +9,24 @@ backward pass with builtin ops instead:
 | layer | forward | backward (builtin ops) |
 |---|---|---|
 | Dense | x W + b | dW = x^T dy (BATCH_MATMUL), db = sum(dy), dx = dy W^T |
-| Conv2D, SAME/VALID, stride s | PAD, then VALID CONV_2D | dW: CONV_2D of the input with its batch and channel axes swapped, by dy used as a filter dilated by s; dx: TRANSPOSE_CONV; db: SUM |
+| Conv2D, SAME/VALID, stride s | PAD, im2col (kh*kw STRIDED_SLICEs, CONCATENATION), FULLY_CONNECTED | dW = patches^T dy (BATCH_MATMUL), dx: TRANSPOSE_CONV, db: SUM |
 | MaxPool p x p, stride p | MAX_POOL_2D | SPACE_TO_DEPTH, ARG_MAX over the p^2 window cells (first maximum, as TF's MaxPoolGrad), ONE_HOT, DEPTH_TO_SPACE |
 | ReLU | RELU | SELECT_V2(y > 0, dy, 0) (as ReluGrad) |
 | Flatten | RESHAPE | RESHAPE |
 | Rescaling (dropout's scaler) | MUL | MUL |
 | softmax cross-entropy | LOG_SOFTMAX, ONE_HOT | (softmax - one_hot) / count |
 
-Conv2D's weight gradient: for stride s and the padded input xp,
-dW[i, j, c, o] = sum_{b, h, w} xp[b, s h + i, s w + j, c] dy[b, h, w, o],
-which is a VALID convolution of xp^T (axes c, H, W, b: batch and channels
-swapped) with the filter dy^T (axes h, w, b, o) at dilation s, giving
-[c, kh, kw, o]. This needs a static batch size (the "channels" of that
-convolution), so the trainer's `train` signature has a fixed batch; shorter
-batches are padded with rows labelled -1, which contribute nothing.
+Conv2D as im2col + matrix product, not CONV_2D: TFLite's CONV_2D with a
+non-constant filter (the trainer's weights are variables, and XNNPACK only
+takes constant filters) runs 3-5x slower than TensorFlow, while its
+FULLY_CONNECTED/BATCH_MATMUL kernels with non-constant weights run close
+to TensorFlow's (`//mobile_export:op_benchmark`, docs/BENCHMARKS.md). The
+patch matrix is kept from the forward pass for dW, which costs memory:
+B*ho*wo*kh*kw*cin floats per conv layer (12.5 MB for the Caldas CNN's conv2
+at batch 20). dx stays a TRANSPOSE_CONV: the col2im alternative (kh*kw
+PAD + ADD) measured slower. TRANSPOSE_CONV needs a static output shape, so
+the trainer's `train` signature has a fixed batch; shorter batches are
+padded with rows labelled -1, which contribute nothing.
 
 Layers are read from a Keras model (`network_from_keras`), so the trainer
 uses the run's exact model definition and weight order; a layer outside
@@ -66,34 +70,46 @@ class Conv2D:
       out.append((total // 2, total - total // 2))
     return out[0], out[1]
 
+  def _patches(self, xp, ho, wo):
+    """im2col: [B*ho*wo, kh*kw*cin], column order (i, j, c) as the kernel's."""
+    kh, kw = self.kernel_size
+    sh, sw = self.strides
+    cols = [xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :]
+            for i in range(kh) for j in range(kw)]
+    p = tf.concat(cols, axis=3) if len(cols) > 1 else cols[0]
+    return tf.reshape(p, [-1, kh * kw * xp.shape[3]])
+
   def forward(self, x, weights):
     (pt, pb), (pl, pr) = self._pads(x.shape[1], x.shape[2])
     xp = tf.pad(x, [[0, 0], [pt, pb], [pl, pr], [0, 0]]) if (
         pt or pb or pl or pr) else x
-    y = tf.nn.conv2d(xp, weights[0], list(self.strides), 'VALID')
+    kernel = weights[0]
+    kh, kw, cin, cout = kernel.shape
+    sh, sw = self.strides
+    ho = (xp.shape[1] - kh) // sh + 1
+    wo = (xp.shape[2] - kw) // sw + 1
+    patches = self._patches(xp, ho, wo)
+    y = tf.reshape(
+        tf.matmul(patches, tf.reshape(kernel, [kh * kw * cin, cout])),
+        [-1, ho, wo, cout])  # `infer` takes any batch
     if self.use_bias:
       y = y + weights[1]
     a = tf.nn.relu(y) if self.relu else y
-    return a, (x, xp, a)
+    return a, (x, xp, patches, a)
 
   def backward(self, dy, cache, weights):
-    x, xp, a = cache
+    x, xp, patches, a = cache
     if self.relu:
       dy = tf.where(a > 0, dy, 0.0)
     kernel = weights[0]
-    kh, kw = self.kernel_size
+    kh, kw, cin, cout = kernel.shape
     sh, sw = self.strides
-    batch, ho, wo, cout = dy.shape
-    # Rows/columns a VALID strided conv never reads do not enter dW.
-    used = xp[:, :(ho - 1) * sh + kh, :(wo - 1) * sw + kw, :]
-    dw = tf.nn.conv2d(
-        tf.transpose(used, [3, 1, 2, 0]),      # [cin, H, W, batch]
-        tf.transpose(dy, [1, 2, 0, 3]),        # [ho, wo, batch, cout]
-        strides=1, padding='VALID', dilations=[sh, sw])  # [cin, kh, kw, cout]
-    dw = tf.transpose(dw, [1, 2, 0, 3])
-    grads = [dw]
+    batch, ho, wo, _ = dy.shape
+    dy2 = tf.reshape(dy, [-1, cout])
+    grads = [tf.reshape(tf.matmul(patches, dy2, transpose_a=True),
+                        kernel.shape)]
     if self.use_bias:
-      grads.append(tf.reduce_sum(dy, [0, 1, 2]))
+      grads.append(tf.reduce_sum(dy2, 0))
     dxp = tf.nn.conv2d_transpose(
         dy, kernel, [batch, xp.shape[1], xp.shape[2], xp.shape[3]],
         [sh, sw], 'VALID')
