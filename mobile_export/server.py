@@ -24,6 +24,14 @@ class DeviceRoundServer:
   """Encodes broadcasts, decodes device updates, applies the aggregate."""
 
   def __init__(self, config, weight_shapes: Sequence[Sequence[int]]):
+    if config.dropout.keep != 1.0 or config.dropout.per_layer:
+      # Devices would send submodel-shaped updates that need the
+      # simulation's per-client mask, gather and count-average scatter.
+      raise ValueError(
+          'device rounds with Federated Dropout are not supported yet '
+          '(dropout.keep/dropout.per_layer): the exported trainer has the '
+          'submodel shapes, but this server only sends and averages full '
+          'models')
     self._config = config
     self.shapes = [tuple(int(d) for d in s) for s in weight_shapes]
     settings = trainer_lib.TrainerSettings.from_config(config)

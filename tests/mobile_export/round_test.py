@@ -134,6 +134,12 @@ class DeviceRoundTest(absltest.TestCase):
       self.assertTrue(summary['finite'])
       self.assertEqual(summary['round'], 0)
 
+  def test_dropout_device_rounds_are_refused(self):
+    cfg = _config()
+    cfg.dropout.keep = 0.75
+    with self.assertRaisesRegex(ValueError, 'Federated Dropout'):
+      server_lib.DeviceRoundServer(cfg, [w.shape for w in self.w0])
+
   def test_manifest(self):
     m = self.manifest
     self.assertFalse(m['flex_required'])
