@@ -26,6 +26,7 @@ from tff_compress import config_lib
 from tff_compress import runtime
 from tff_compress import simulate_lib
 from tff_compress.data import registry as data_registry
+from tff_compress.learning import dropout_process
 from tff_compress.learning import process as process_lib
 from tff_compress.learning import task as task_lib
 
@@ -50,73 +51,86 @@ def _ordered_dataset(x, y, order, batch_size):
                                             y=tf.gather(xy[1], i)))
 
 
+def _run_round(cls, cfg):
+  """Simulated round vs device round of `cfg`; results as `cls` attributes."""
+  cls.cfg = cfg
+  data = cls.data = data_registry.build_federated_data(cfg.data,
+                                                       seed=cfg.seed)
+  task = task_lib.build_task(cfg.model.name, data, seed=cfg.seed)
+  plan = process_lib.dropout_plan(cfg, task)
+  if plan is None:
+    process = process_lib.build_learning_process(cfg, task)
+  else:
+    process, _ = process_lib.build_dropout_learning_process(cfg, task, plan)
+  cls.picked = simulate_lib.sample_clients(len(data.client_ids), _K,
+                                           cfg.seed, 1)
+  cls.seeds = [simulate_lib.shuffle_seed(cfg.seed, 1, int(i))
+               for i in cls.picked]
+  # Both sides visit the examples in the device client's order (a phone
+  # shuffles with its own RNG; the simulation's data loader may not).
+  datasets = []
+  for index, seed in zip(cls.picked, cls.seeds):
+    x, y = data.client_arrays(data.client_ids[index])
+    order = np.concatenate(device_client.batch_order(
+        len(y), cfg.client.batch_size, cfg.client.epochs, seed))
+    datasets.append(_ordered_dataset(x, y, order, cfg.client.batch_size))
+  if plan is not None:
+    datasets = dropout_process.client_inputs(datasets)  # slot k = client k
+  with runtime.local_context():
+    state = process.initialize()
+    cls.w0 = [np.asarray(w) for w in
+              process.get_model_weights(state).trainable]
+    out = process.next(state, datasets)
+    cls.w1_sim = [np.asarray(w) for w in
+                  process.get_model_weights(out.state).trainable]
+
+  cls.tmp = tempfile.mkdtemp()
+  run_dir = os.path.join(cls.tmp, 'run')
+  os.makedirs(run_dir)
+  with open(os.path.join(run_dir, 'config.json'), 'w') as f:
+    f.write(config_lib.to_json(cfg))
+  np.savez(os.path.join(run_dir, 'final_weights.npz'), *cls.w0)
+  cls.manifest = export_lib.export(run_dir, prune_sparsity=0.5,
+                                   out=open(os.devnull, 'w'))
+  cls.model_dir = os.path.join(run_dir, 'tflite')
+
+  model = task.keras_model_fn()
+  model.set_weights(cls.w0)
+  server = cls.server = server_lib.DeviceRoundServer.for_run(cfg, model)
+  procs = []
+  for k, (index, seed) in enumerate(zip(cls.picked, cls.seeds)):
+    broadcast = os.path.join(cls.tmp, f'broadcast{k}.bin')
+    with open(broadcast, 'wb') as f:
+      f.write(server.broadcast(cls.w0, round_index=0, slot=k))
+    x, y = data.client_arrays(data.client_ids[index])
+    client = os.path.join(cls.tmp, f'client{k}.npz')
+    np.savez(client, x=x, y=y, shuffle_seed=seed)
+    runtime_name = device_client.RUNTIMES[k % 2]
+    procs.append(device_testing.popen_device([
+        '-m', 'mobile_export.device_client', f'--model_dir={cls.model_dir}',
+        f'--broadcast={broadcast}', f'--data={client}',
+        f'--out={os.path.join(cls.tmp, f"update{k}.bin")}',
+        f'--runtime={runtime_name}']))
+  cls.summaries = []
+  for k, p in enumerate(procs):
+    stdout, stderr = p.communicate(timeout=600)
+    if p.returncode != 0:
+      raise AssertionError(f'device {k} failed:\n{stderr[-3000:]}')
+    cls.summaries.append(json.loads(stdout.strip().splitlines()[-1]))
+  blobs = []
+  for k in range(_K):
+    with open(os.path.join(cls.tmp, f'update{k}.bin'), 'rb') as f:
+      blobs.append(f.read())
+  cls.decoded = [server.decode_update(b) for b in blobs]
+  cls.w1_dev = server.apply(cls.w0, server.aggregate(blobs, round_index=0))
+
+
 class DeviceRoundTest(absltest.TestCase):
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cfg = cls.cfg = _config()
-    data = cls.data = data_registry.build_federated_data(cfg.data,
-                                                         seed=cfg.seed)
-    task = task_lib.build_task(cfg.model.name, data, seed=cfg.seed)
-    process = process_lib.build_learning_process(cfg, task)
-    cls.picked = simulate_lib.sample_clients(len(data.client_ids), _K,
-                                             cfg.seed, 1)
-    cls.seeds = [simulate_lib.shuffle_seed(cfg.seed, 1, int(i))
-                 for i in cls.picked]
-    # Both sides visit the examples in the device client's order (a phone
-    # shuffles with its own RNG; the simulation's data loader may not).
-    datasets = []
-    for index, seed in zip(cls.picked, cls.seeds):
-      x, y = data.client_arrays(data.client_ids[index])
-      order = np.concatenate(device_client.batch_order(
-          len(y), cfg.client.batch_size, cfg.client.epochs, seed))
-      datasets.append(_ordered_dataset(x, y, order, cfg.client.batch_size))
-    with runtime.local_context():
-      state = process.initialize()
-      cls.w0 = [np.asarray(w) for w in
-                process.get_model_weights(state).trainable]
-      out = process.next(state, datasets)
-      cls.w1_sim = [np.asarray(w) for w in
-                    process.get_model_weights(out.state).trainable]
-
-    cls.tmp = tempfile.mkdtemp()
-    run_dir = os.path.join(cls.tmp, 'run')
-    os.makedirs(run_dir)
-    with open(os.path.join(run_dir, 'config.json'), 'w') as f:
-      f.write(config_lib.to_json(cfg))
-    np.savez(os.path.join(run_dir, 'final_weights.npz'), *cls.w0)
-    cls.manifest = export_lib.export(run_dir, prune_sparsity=0.5,
-                                     out=open(os.devnull, 'w'))
-    cls.model_dir = os.path.join(run_dir, 'tflite')
-
-    server = server_lib.DeviceRoundServer(cfg, [w.shape for w in cls.w0])
-    broadcast = os.path.join(cls.tmp, 'broadcast.bin')
-    with open(broadcast, 'wb') as f:
-      f.write(server.broadcast(cls.w0, round_index=0))
-    procs = []
-    for k, (index, seed) in enumerate(zip(cls.picked, cls.seeds)):
-      x, y = data.client_arrays(data.client_ids[index])
-      client = os.path.join(cls.tmp, f'client{k}.npz')
-      np.savez(client, x=x, y=y, shuffle_seed=seed)
-      runtime_name = device_client.RUNTIMES[k % 2]
-      procs.append(device_testing.popen_device([
-          '-m', 'mobile_export.device_client', f'--model_dir={cls.model_dir}',
-          f'--broadcast={broadcast}', f'--data={client}',
-          f'--out={os.path.join(cls.tmp, f"update{k}.bin")}',
-          f'--runtime={runtime_name}']))
-    cls.summaries = []
-    for k, p in enumerate(procs):
-      stdout, stderr = p.communicate(timeout=600)
-      if p.returncode != 0:
-        raise AssertionError(f'device {k} failed:\n{stderr[-3000:]}')
-      cls.summaries.append(json.loads(stdout.strip().splitlines()[-1]))
-    blobs = []
-    for k in range(_K):
-      with open(os.path.join(cls.tmp, f'update{k}.bin'), 'rb') as f:
-        blobs.append(f.read())
-    cls.decoded = [server.decode_update(b) for b in blobs]
-    cls.w1_dev = server.apply(cls.w0, server.aggregate(blobs))
+    _run_round(cls, _config())
 
   def test_global_model_matches_the_simulated_round(self):
     for dev, sim, w0 in zip(self.w1_dev, self.w1_sim, self.w0):
@@ -134,10 +148,10 @@ class DeviceRoundTest(absltest.TestCase):
       self.assertTrue(summary['finite'])
       self.assertEqual(summary['round'], 0)
 
-  def test_dropout_device_rounds_are_refused(self):
+  def test_a_dropout_server_needs_the_plan(self):
     cfg = _config()
     cfg.dropout.keep = 0.75
-    with self.assertRaisesRegex(ValueError, 'Federated Dropout'):
+    with self.assertRaisesRegex(ValueError, 'Federated Dropout.*for_run'):
       server_lib.DeviceRoundServer(cfg, [w.shape for w in self.w0])
 
   def test_manifest(self):
@@ -173,6 +187,49 @@ class DeviceRoundTest(absltest.TestCase):
     self.assertEqual(broadcast['entries'][2]['dtype'], 'uint8')
     self.assertEqual([e['key'] for e in m['update_tensors'][0]['entries']],
                      ['raw'])
+
+
+
+class DropoutDeviceRoundTest(absltest.TestCase):
+  """The same round with Federated Dropout: devices hold submodels."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cfg = _config()
+    cfg.dropout.keep = 0.5
+    _run_round(cls, config_lib.validate(cfg))
+
+  def test_global_model_matches_the_simulated_dropout_round(self):
+    for dev, sim, w0 in zip(self.w1_dev, self.w1_sim, self.w0):
+      self.assertGreater(np.abs(sim - w0).max(), 1e-3)
+      np.testing.assert_allclose(dev, sim, rtol=1e-4,
+                                 atol=1e-5 * np.abs(sim).max())
+
+  def test_devices_train_their_own_submodels(self):
+    plan = self.server.plan
+    self.assertIsNotNone(plan)
+    sub = [tuple(s) for s in plan.sub_shapes()]
+    for update, _ in self.decoded:
+      self.assertEqual([tuple(u.shape) for u in update], sub)
+    self.assertLess(sum(np.prod(s) for s in sub),
+                    0.6 * sum(w.size for w in self.w0))
+    self.assertTrue(self.manifest['submodel']['federated_dropout'])
+    self.assertEqual([tuple(w['shape']) for w in self.manifest['weights']],
+                     sub)
+    masks = [self.server.kept(0, k) for k in range(_K)]
+    for layer in masks[0]:  # per-client masks: the devices differ
+      self.assertGreater(len({tuple(m[layer].numpy()) for m in masks}), 1)
+
+  def test_coordinates_nobody_trained_keep_their_value(self):
+    plan = self.server.plan
+    counts = [sum(np.asarray(c) for c in cover) for cover in zip(
+        *[plan.coverage(self.server.kept(0, k)) for k in range(_K)])]
+    untrained = 0
+    for w1, w0, c in zip(self.w1_dev, self.w0, counts):
+      np.testing.assert_array_equal(w1[c == 0], w0[c == 0])
+      untrained += int((c == 0).sum())
+    self.assertGreater(untrained, 0)  # 3 clients at p = 0.5 leave some
 
 
 if __name__ == '__main__':

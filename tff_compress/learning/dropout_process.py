@@ -57,6 +57,21 @@ def _first(dataset):
   return dataset.get_single_element()
 
 
+BROADCAST_DIRECTION, UPLINK_DIRECTION = 1, 2
+
+
+def submodel_codec_seed(base_seed: int, round_num, key, direction: int
+                        ) -> tf.Tensor:
+  """Codec seed of slot `key`'s submodel message in round `round_num` (from 1).
+
+  `direction` is BROADCAST_DIRECTION or UPLINK_DIRECTION; the device-round
+  server (`mobile_export/server.py`) uses the same seeds.
+  """
+  s = submodel_lib.mask_seed(base_seed, round_num, key)
+  return tf.random.experimental.stateless_fold_in(
+      s, tf.constant(direction, tf.int64))
+
+
 def build_dropout_process(
     *,
     initial_weights_fn: tff.Computation,
@@ -122,9 +137,7 @@ def build_dropout_process(
     return plan.kept_indices(submodel_lib.mask_seed(seed, round_num, key))
 
   def codec_seed(round_num, key, direction):
-    s = submodel_lib.mask_seed(seed, round_num, key)
-    return tf.random.experimental.stateless_fold_in(
-        s, tf.constant(direction, tf.int64))
+    return submodel_codec_seed(seed, round_num, key, direction)
 
   server_val_type = tff.StructType([('weights', model_weights_type),
                                     ('round', np.int64)])
@@ -149,7 +162,7 @@ def build_dropout_process(
         non_trainable=list(server_val['weights'].non_trainable))
     if down_coder is None:
       return sub
-    s = codec_seed(server_val['round'], key, 1)
+    s = codec_seed(server_val['round'], key, BROADCAST_DIRECTION)
     return tuple(tf.nest.flatten(collections.OrderedDict(
         payload=down_coder.encode(sub, s), seed=s)))
 
@@ -174,7 +187,7 @@ def build_dropout_process(
       if client_clip is not None:
         update = bounded.clip_by_global_l2_norm(update, client_clip)
       return update, zeroed
-    s = codec_seed(round_num, slot, 2)
+    s = codec_seed(round_num, slot, UPLINK_DIRECTION)
     if client_clip is not None:
       payload_ = bounded.bounded_encode(up_coder, update, s, client_clip)
     else:
