@@ -8,7 +8,7 @@ baseline plus:
   up:          uplink {none, hadamard, kashin} x bits {1, 2, 4, 8},
                subsample 1                                        (12 cells)
   up_sub:      uplink hadamard x bits {1, 2}, subsample 0.5        (2 cells)
-35 cells, about 45 minutes on 2 cores. Subsampled cells take ~2x longer (the
+35 cells, about 75 minutes on 2 cores. Subsampled cells take ~2x longer (the
 seeded index draw is a top-k over each tensor), which is why Kashin and most
 uplink settings are swept at subsample 1 only. Results of this sweep:
 docs/results/tradeoff_codecs/. The DP x compression x dropout sweep is
