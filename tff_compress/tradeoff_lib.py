@@ -464,33 +464,34 @@ def _plot(rows: Sequence[dict], sweep_dir: str) -> None:
   for key, label, filename, log in specs:
     pts = [(r[key], r['accuracy_mean'], r) for r in rows
            if r.get(key) is not None]
+    path = os.path.join(sweep_dir, filename)
+    if not pts:  # e.g. ε in a sweep without DP cells: no plot of nothing
+      if os.path.exists(path):
+        os.remove(path)  # a stale plot from an earlier grid of this sweep
+      continue
     fig, ax = plt.subplots(figsize=(7, 5))
-    if not pts:
-      ax.text(0.5, 0.5, 'no cell reports this quantity\n(no DP cells in the '
-              'sweep)', ha='center', va='center', transform=ax.transAxes)
-    else:
-      xs = [p[0] for p in pts]
-      ys = [p[1] for p in pts]
-      errs = [p[2]['accuracy_std'] for p in pts]
-      ax.errorbar(xs, ys, yerr=errs, fmt='o', alpha=0.6, label='cells')
-      front = pareto(list(zip(xs, ys)))
-      fx = [xs[i] for i in front]
-      fy = [ys[i] for i in front]
-      ax.step(fx, fy, where='post', color='C3', label='Pareto frontier')
-      ax.plot(fx, fy, 'o', color='C3')
-      for p in pts:
-        if p[2]['grid'] == 'baseline':
-          ax.plot(p[0], p[1], '*', markersize=16, color='k',
-                  label='baseline')
-      if key == 'epsilon' and base is not None:
-        ax.axhline(base['accuracy_mean'], color='k', linestyle='--',
-                   label='non-private baseline')
-      if log:
-        ax.set_xscale('log')
-      ax.legend(loc='lower right')
+    xs = [p[0] for p in pts]
+    ys = [p[1] for p in pts]
+    errs = [p[2]['accuracy_std'] for p in pts]
+    ax.errorbar(xs, ys, yerr=errs, fmt='o', alpha=0.6, label='cells')
+    front = pareto(list(zip(xs, ys)))
+    fx = [xs[i] for i in front]
+    fy = [ys[i] for i in front]
+    ax.step(fx, fy, where='post', color='C3', label='Pareto frontier')
+    ax.plot(fx, fy, 'o', color='C3')
+    for p in pts:
+      if p[2]['grid'] == 'baseline':
+        ax.plot(p[0], p[1], '*', markersize=16, color='k',
+                label='baseline')
+    if key == 'epsilon' and base is not None:
+      ax.axhline(base['accuracy_mean'], color='k', linestyle='--',
+                 label='non-private baseline')
+    if log:
+      ax.set_xscale('log')
+    ax.legend(loc='lower right')
     ax.set_xlabel(label)
     ax.set_ylabel('final eval accuracy')
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(sweep_dir, filename), dpi=90)
+    fig.savefig(path, dpi=90)
     plt.close(fig)

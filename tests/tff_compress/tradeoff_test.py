@@ -97,6 +97,19 @@ class ExpandTest(absltest.TestCase):
                       '* 3.00: 0.8500 (-5.0 pt vs baseline) — c'])
 
 
+  def test_a_sweep_without_dp_draws_no_epsilon_plot(self):
+    sweep_dir = self.create_tempdir().full_path
+    stale = os.path.join(sweep_dir, 'accuracy_vs_epsilon.png')
+    open(stale, 'wb').close()  # from an earlier grid of this sweep dir
+    rows = [dict(grid=g, accuracy_mean=a, accuracy_std=0.0,
+                 bytes_up_per_client_round=up, bytes_down_per_client_round=up,
+                 client_flops_per_round=1e6, epsilon=None)
+            for g, a, up in (('baseline', 0.9, 1000.0), ('up', 0.89, 40.0))]
+    tradeoff_lib._plot(rows, sweep_dir)  # pylint: disable=protected-access
+    self.assertCountEqual(os.listdir(sweep_dir), [
+        'accuracy_vs_uplink_bytes.png', 'accuracy_vs_downlink_bytes.png',
+        'accuracy_vs_client_flops.png'])
+
 class SweepEndToEndTest(absltest.TestCase):
 
   def _run(self, *args):
