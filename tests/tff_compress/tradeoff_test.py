@@ -96,7 +96,6 @@ class ExpandTest(absltest.TestCase):
                      ['* 1.00: 0.7000 (-20.0 pt vs baseline) — d',
                       '* 3.00: 0.8500 (-5.0 pt vs baseline) — c'])
 
-
   def test_a_sweep_without_dp_draws_no_epsilon_plot(self):
     sweep_dir = self.create_tempdir().full_path
     stale = os.path.join(sweep_dir, 'accuracy_vs_epsilon.png')
@@ -109,6 +108,7 @@ class ExpandTest(absltest.TestCase):
     self.assertCountEqual(os.listdir(sweep_dir), [
         'accuracy_vs_uplink_bytes.png', 'accuracy_vs_downlink_bytes.png',
         'accuracy_vs_client_flops.png'])
+
 
 class SweepEndToEndTest(absltest.TestCase):
 
