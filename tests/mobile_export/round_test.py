@@ -26,7 +26,6 @@ from tff_compress import config_lib
 from tff_compress import runtime
 from tff_compress import simulate_lib
 from tff_compress.data import registry as data_registry
-from tff_compress.learning import dropout_process
 from tff_compress.learning import process as process_lib
 from tff_compress.learning import task as task_lib
 
@@ -57,11 +56,8 @@ def _run_round(cls, cfg):
   data = cls.data = data_registry.build_federated_data(cfg.data,
                                                        seed=cfg.seed)
   task = task_lib.build_task(cfg.model.name, data, seed=cfg.seed)
-  plan = process_lib.dropout_plan(cfg, task)
-  if plan is None:
-    process = process_lib.build_learning_process(cfg, task)
-  else:
-    process, _ = process_lib.build_dropout_learning_process(cfg, task, plan)
+  training = process_lib.build_training(cfg, task)  # as simulate builds it
+  process = training.process
   cls.picked = simulate_lib.sample_clients(len(data.client_ids), _K,
                                            cfg.seed, 1)
   cls.seeds = [simulate_lib.shuffle_seed(cfg.seed, 1, int(i))
@@ -74,8 +70,7 @@ def _run_round(cls, cfg):
     order = np.concatenate(device_client.batch_order(
         len(y), cfg.client.batch_size, cfg.client.epochs, seed))
     datasets.append(_ordered_dataset(x, y, order, cfg.client.batch_size))
-  if plan is not None:
-    datasets = dropout_process.client_inputs(datasets)  # slot k = client k
+  datasets = training.client_inputs(datasets)  # dropout: slot k = client k
   with runtime.local_context():
     state = process.initialize()
     cls.w0 = [np.asarray(w) for w in
