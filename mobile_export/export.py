@@ -40,14 +40,14 @@ def main(argv):
   # pylint: disable=g-import-not-at-top  (TensorFlow loads after the flags)
   from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
   from mobile_export import export_lib
-  from tff_compress import runtime
+  from tff_compress.runtime import local as local_runtime
   from tff_compress.data import federated_data
   from tff_compress.program import run_dir as run_dir_lib
   # pylint: enable=g-import-not-at-top
   # TFF's import-time default context holds an idle worker factory whose
   # destructor fails at interpreter exit; nothing here runs TFF.
   context_stack_impl.context_stack.set_default_context(
-      runtime._closed_context())  # pylint: disable=protected-access
+      local_runtime.closed_context())
   run_dir = run_dir_lib.resolve_user_path(_RUN_DIR.value)
   out_dir = (run_dir_lib.resolve_user_path(_OUT_DIR.value)
              if _OUT_DIR.value else None)

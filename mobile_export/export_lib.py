@@ -89,21 +89,12 @@ def _merged(config: ml_collections.ConfigDict, saved, prefix=''):
 
 def dropout_plan(config, model: tf.keras.Model
                  ) -> Optional[submodel_lib.SubmodelPlan]:
-  """The Federated Dropout submodel plan of `dropout.*`, or None.
-
-  The same rule as the simulation (`learning.process.dropout_plan`): keep
-  fractions from `dropout.keep` / `dropout.per_layer`, None if every unit
-  is kept.
-  """
+  """The Federated Dropout submodel plan of `dropout.*`, or None (the
+  simulation's rule, `submodel.plan_for`)."""
   try:
-    per_layer = submodel_lib.parse_per_layer(config.dropout.per_layer)
-    if config.dropout.keep == 1.0 and not per_layer:
-      return None
-    plan = submodel_lib.build_plan(model, submodel_lib.keep_fractions(
-        model, config.dropout.keep, per_layer))
+    return submodel_lib.plan_for(model, config_lib.settings(config).dropout)
   except submodel_lib.SubmodelError as e:
     raise ExportError(str(e)) from e
-  return None if plan.is_identity else plan
 
 
 def build_keras_model(config, input_shape, num_classes, widths=None,
@@ -117,7 +108,9 @@ def build_keras_model(config, input_shape, num_classes, widths=None,
                                     num_classes, **kwargs)
 
 
-def _signature_details(model: bytes) -> dict:
+def signature_details(model: bytes) -> dict:
+  """{signature: {inputs|outputs: {tensor: {shape, dtype}}}} of a .tflite
+  model, as the manifest lists them (-1 = a dimension set at run time)."""
   interpreter = tf.lite.Interpreter(model_content=model)
   out = {}
   for key in sorted(interpreter.get_signature_list()):
@@ -131,7 +124,9 @@ def _signature_details(model: bytes) -> dict:
   return out
 
 
-def _tensor_layout(specs, shapes, names, io_key):
+def tensor_layout(specs, shapes, names, io_key):
+  """Per weight tensor: its payload entries and their signature tensor
+  names (`io_key` 'input' for the broadcast, 'output' for the update)."""
   out = []
   for i, (spec, shape) in enumerate(zip(specs, shapes)):
     out.append({
@@ -257,7 +252,7 @@ def export(run_dir: str, out_dir: Optional[str] = None,
   else:
     device_model, device_weights = full_model, weights
 
-  settings = trainer_lib.TrainerSettings.from_config(config)
+  settings = trainer_lib.TrainerSettings.of(config_lib.settings(config))
   try:
     trainer = trainer_lib.build_trainer(device_model, device_weights,
                                         settings, allow_flex=allow_flex)
@@ -334,11 +329,11 @@ def export(run_dir: str, out_dir: Optional[str] = None,
           'broadcast': _codec_json(settings.broadcast),
           'uplink': _codec_json(settings.uplink),
       },
-      'broadcast_tensors': _tensor_layout(
+      'broadcast_tensors': tensor_layout(
           trainer.broadcast_coder.specs(), shapes, names, 'input'),
-      'update_tensors': _tensor_layout(
+      'update_tensors': tensor_layout(
           trainer.uplink_coder.specs(), shapes, names, 'output'),
-      'signatures': _signature_details(trainer_bytes),
+      'signatures': signature_details(trainer_bytes),
       'ops': ops,
       'flex_required': bool(flex),
       'flex_ops': flex,

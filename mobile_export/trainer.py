@@ -49,7 +49,8 @@ import tensorflow_federated as tff
 
 from mobile_export import layers as layers_lib
 from tff_compress.encoders import prng
-from tff_compress.learning import encoded
+from tff_compress.encoders import settings as codec_settings
+from tff_compress.encoders import structure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,20 +69,19 @@ class TrainerSettings:
   batch_size: int
   learning_rate: float
   momentum: float
-  broadcast: encoded.CodecConfig
-  uplink: encoded.CodecConfig
+  broadcast: codec_settings.CodecSettings
+  uplink: codec_settings.CodecSettings
   seed: int
 
   @classmethod
-  def from_config(cls, config) -> 'TrainerSettings':
+  def of(cls, settings) -> 'TrainerSettings':
+    """From a run's settings (`config_lib.Settings`)."""
     return cls(
-        batch_size=int(config.client.batch_size),
-        learning_rate=float(config.client.learning_rate),
-        momentum=float(config.client.momentum),
-        broadcast=encoded.CodecConfig.from_config('broadcast',
-                                                  config.broadcast),
-        uplink=encoded.CodecConfig.from_config('uplink', config.uplink),
-        seed=int(config.seed))
+        batch_size=int(settings.client.batch_size),
+        learning_rate=float(settings.client.learning_rate),
+        momentum=float(settings.client.momentum),
+        broadcast=settings.broadcast, uplink=settings.uplink,
+        seed=int(settings.run.seed))
 
 
 def entry_name(tensor_index: int, key: str) -> str:
@@ -145,9 +145,9 @@ class Trainer(tf.Module):
                           for i, w in enumerate(weights)]
                          if settings.momentum else [])
     self.momentum_on = tf.Variable(0.0, name='momentum_on')
-    self.broadcast_coder = encoded.StructureCodec(
+    self.broadcast_coder = structure.StructureCodec(
         model_value_type(self.weight_shapes), settings.broadcast)
-    self.uplink_coder = encoded.StructureCodec(
+    self.uplink_coder = structure.StructureCodec(
         model_value_type(self.weight_shapes), settings.uplink)
 
   # ---- specs ----

@@ -66,7 +66,7 @@ class FlexFallbackTest(absltest.TestCase):
         tf.keras.layers.Dense(3)])
     config = config_lib.default_config()
     config.client.batch_size = 4
-    settings = trainer_lib.TrainerSettings.from_config(config)
+    settings = trainer_lib.TrainerSettings.of(config_lib.settings(config))
     with self.assertRaises(layers.UnsupportedLayerError):
       trainer_lib.build_trainer(model, model.get_weights(), settings)
     trainer = trainer_lib.build_trainer(model, model.get_weights(), settings,

@@ -68,7 +68,7 @@ class TrainerTfliteTest(absltest.TestCase):
     data = data_registry.build_federated_data(cls.config.data, seed=0)
     model = model_registry.build_model('caldas_cnn', data.input_shape, 10)
     cls.initial = model.get_weights()
-    settings = trainer_lib.TrainerSettings.from_config(cls.config)
+    settings = trainer_lib.TrainerSettings.of(config_lib.settings(cls.config))
     trainer = trainer_lib.build_trainer(model, cls.initial, settings)
     cls.tflite = convert.convert_trainer(trainer)
     cls.ops = convert.ops_used(cls.tflite)
@@ -81,22 +81,21 @@ class TrainerTfliteTest(absltest.TestCase):
     # full one; export_test checks it).
     shapes = [w.shape for w in cls.initial]
     names = [w.name for w in model.weights]
-    # pylint: disable=protected-access
     from mobile_export import export_lib  # pylint: disable=g-import-not-at-top
     manifest = {
         'input_shape': [28, 28, 1], 'num_classes': 10, 'batch_size': _BATCH,
         'epochs': 1, 'weights': [{'shape': list(s)} for s in shapes],
-        'signatures': export_lib._signature_details(cls.tflite),
+        'signatures': export_lib.signature_details(cls.tflite),
         'codecs': {'broadcast': {'identity': False}},
-        'broadcast_tensors': export_lib._tensor_layout(
+        'broadcast_tensors': export_lib.tensor_layout(
             trainer.broadcast_coder.specs(), shapes, names, 'input'),
-        'update_tensors': export_lib._tensor_layout(
+        'update_tensors': export_lib.tensor_layout(
             trainer.uplink_coder.specs(), shapes, names, 'output'),
     }
-    # pylint: enable=protected-access
     with open(os.path.join(cls.model_dir, 'manifest.json'), 'w') as f:
       json.dump(manifest, f)
-    cls.server = server_lib.DeviceRoundServer(cls.config, shapes)
+    cls.server = server_lib.DeviceRoundServer(
+        config_lib.settings(cls.config), model)
     cls.broadcast = cls.server.broadcast(cls.initial, round_index=3)
 
     x, y = data.client_arrays(data.client_ids[0])
