@@ -7,15 +7,14 @@ finite, and count every device's outcome.
 """
 
 from absl.testing import absltest
-from absl.testing import parameterized
 import numpy as np
 
 from mobile_export import messages
 from mobile_export import server as server_lib
 from tests.tff_compress import run_utils
+from tests.tff_compress import runtime_testing
 from tff_compress.learning import task as task_lib
 from tff_compress.data import registry as data_registry
-from tff_compress.runtime import local as local_runtime
 
 _K = 4
 
@@ -44,18 +43,8 @@ def _small(server, scale, seed):
           for s in server.device_shapes]
 
 
-class HostileUpdatesTest(parameterized.TestCase):
+class HostileUpdatesTest(runtime_testing.LocalRuntimeTestCase):
 
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls._ctx = local_runtime.local_context()
-    cls._ctx.__enter__()
-
-  @classmethod
-  def tearDownClass(cls):
-    cls._ctx.__exit__(None, None, None)
-    super().tearDownClass()
 
   def test_huge_and_non_finite_updates_are_zeroed_not_applied(self):
     server, w0 = _server()

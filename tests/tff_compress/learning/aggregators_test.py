@@ -26,13 +26,13 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tests.tff_compress import run_utils
+from tests.tff_compress import runtime_testing
 from tests.tff_compress.learning import learning_testing
 from tff_compress.dropout import slicing as dropout_slicing
 from tff_compress.dropout import submodel
 from tff_compress.fedavg import process
 from tff_compress.fedavg import registry
 from tff_compress.learning import aggregators
-from tff_compress.runtime import local as local_runtime
 
 _DTYPES = {'bytes_up': np.int64, 'zeroed': np.int32,
            'bound_scale': np.float32, 'clip': np.float32,
@@ -71,7 +71,7 @@ def _inputs(value_type, scale=1e-3):
   return values, [np.float32(w) for w in (3.0, 1.0, 4.0)]
 
 
-class AggregatorContractTest(parameterized.TestCase):
+class AggregatorContractTest(runtime_testing.LocalRuntimeTestCase):
 
   @classmethod
   def setUpClass(cls):
@@ -79,13 +79,6 @@ class AggregatorContractTest(parameterized.TestCase):
     cls.task = learning_testing.small_task(hidden=16)
     cls.mw_type = process.build_initial_weights_fn(
         cls.task).type_signature.result
-    cls._ctx = local_runtime.local_context()
-    cls._ctx.__enter__()
-
-  @classmethod
-  def tearDownClass(cls):
-    cls._ctx.__exit__(None, None, None)
-    super().tearDownClass()
 
   def _check_schema(self, measurements, zeroes: bool):
     for name, dtype in _DTYPES.items():
@@ -172,18 +165,8 @@ class AggregatorContractTest(parameterized.TestCase):
             r, np.where(d > 0, n / np.maximum(d, 1e-30), 0), atol=1e-6)
 
 
-class ToolkitTest(absltest.TestCase):
+class ToolkitTest(runtime_testing.LocalRuntimeTestCase):
 
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls._ctx = local_runtime.local_context()
-    cls._ctx.__enter__()
-
-  @classmethod
-  def tearDownClass(cls):
-    cls._ctx.__exit__(None, None, None)
-    super().tearDownClass()
 
   def test_wrappers_keep_the_inner_weighting(self):
     weighted = aggregators.zeroing(1.0, tff.aggregators.MeanFactory())

@@ -69,6 +69,17 @@ def _handmade_process(task, plan, client_work_fn, wrap=lambda mean: mean):
           tff.learning.optimizers.build_sgdm(1.0), mw_type))
 
 
+def _one_round(lp, sizes):
+  """(trainable weights before, after, output) of one round of `lp`."""
+  with local_runtime.local_context():
+    state = lp.initialize()
+    before = _flat(lp.get_model_weights(state).trainable)
+    out = lp.next(state, keyed.client_inputs(
+        learning_testing.random_datasets(sizes)))
+    after = _flat(lp.get_model_weights(out.state).trainable)
+  return before, after, out
+
+
 def _expected_update(plan, sizes, before, skip=()):
   """Per coordinate: Σ_i n_i m_ij n_i / Σ_i n_i m_ij over clients not in
   `skip` (the handmade update of client i is n_i everywhere, weight n_i)."""
@@ -132,12 +143,7 @@ class DropoutProcessTest(absltest.TestCase):
     plan = process.dropout_plan(run_utils.training(_cfg(keep=0.4)), task)
     lp = _handmade_process(task, plan, _handmade_client_work)
     sizes = [3, 10, 5]
-    with local_runtime.local_context():
-      state = lp.initialize()
-      before = _flat(lp.get_model_weights(state).trainable)
-      out = lp.next(state, keyed.client_inputs(
-          learning_testing.random_datasets(sizes)))
-      after = _flat(lp.get_model_weights(out.state).trainable)
+    before, after, out = _one_round(lp, sizes)
 
     expected, den = _expected_update(plan, sizes, before)
     untrained = 0
@@ -281,12 +287,7 @@ class DropoutProcessTest(absltest.TestCase):
         lambda s, d: _handmade_client_work(s, d, nan_size=10),
         wrap=lambda mean: aggregators.zeroing(1e6, mean))
     sizes = [3, 10, 5]
-    with local_runtime.local_context():
-      state = lp.initialize()
-      before = _flat(lp.get_model_weights(state).trainable)
-      out = lp.next(state, keyed.client_inputs(
-          learning_testing.random_datasets(sizes)))
-      after = _flat(lp.get_model_weights(out.state).trainable)
+    before, after, out = _one_round(lp, sizes)
     self.assertEqual(int(out.metrics['aggregator']['zeroed']), 1)
     expected, _ = _expected_update(plan, sizes, before, skip=(1,))
     for b, a, e in zip(before, after, expected):

@@ -6,12 +6,12 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tests.tff_compress import run_utils
+from tests.tff_compress import runtime_testing
 from tests.tff_compress.learning import learning_testing
 from tff_compress import config_lib
 from tff_compress.data import federated_data
 from tff_compress.fedavg import process
 from tff_compress.privacy import dpsgd
-from tff_compress.runtime import local as local_runtime
 
 
 def _cfg(**dp):
@@ -25,7 +25,7 @@ def _flat(x):
   return np.concatenate([np.ravel(np.asarray(t)) for t in tf.nest.flatten(x)])
 
 
-class DpSgdTest(absltest.TestCase):
+class DpSgdTest(runtime_testing.LocalRuntimeTestCase):
 
   @classmethod
   def setUpClass(cls):
@@ -33,14 +33,7 @@ class DpSgdTest(absltest.TestCase):
     cls.task = learning_testing.small_task(hidden=16)
     init = process.build_initial_weights_fn(cls.task)
     cls.mw_type = init.type_signature.result
-    cls._ctx = local_runtime.local_context()
-    cls._ctx.__enter__()
     cls.w0 = init()
-
-  @classmethod
-  def tearDownClass(cls):
-    cls._ctx.__exit__(None, None, None)
-    super().tearDownClass()
 
   def _run(self, cfg, datasets):
     s = run_utils.settings(cfg)

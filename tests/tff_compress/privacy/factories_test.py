@@ -7,6 +7,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tests.tff_compress import run_utils
+from tests.tff_compress import runtime_testing
 from tests.tff_compress.learning import learning_testing
 from tff_compress.data import federated_data
 from tff_compress.fedavg import process
@@ -37,18 +38,8 @@ def _flat(x):
   return np.concatenate([np.ravel(np.asarray(t)) for t in tf.nest.flatten(x)])
 
 
-class DpAggregatorTest(absltest.TestCase):
+class DpAggregatorTest(runtime_testing.LocalRuntimeTestCase):
 
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls._ctx = local_runtime.local_context()
-    cls._ctx.__enter__()
-
-  @classmethod
-  def tearDownClass(cls):
-    cls._ctx.__exit__(None, None, None)
-    super().tearDownClass()
 
   def test_noise_calibration(self):
     """Server noise on the mean has std σC/K (statistical, within 2 %)."""
