@@ -15,6 +15,7 @@ import tempfile
 from absl.testing import absltest
 import numpy as np
 import tensorflow as tf
+from tensorflow.lite.python import schema_py_generated as schema_fb
 
 from mobile_export import convert
 from mobile_export import messages
@@ -57,6 +58,25 @@ def _keras_trajectory(weights, batches_x, batches_y):
       v.assign_sub(_LR * a)
     losses.append(float(loss))
   return np.array(losses), [v.numpy() for v in model.trainable_variables]
+
+
+def _matmul_operand_ranks(model: bytes, signature: str
+                          ) -> list[tuple[int, int]]:
+  """(rank of input 0, rank of input 1) of every BATCH_MATMUL / FC."""
+  m = schema_fb.Model.GetRootAsModel(model, 0)
+  kinds = (schema_fb.BuiltinOperator.BATCH_MATMUL,
+           schema_fb.BuiltinOperator.FULLY_CONNECTED)
+  out = []
+  for sig in (m.SignatureDefs(i) for i in range(m.SignatureDefsLength())):
+    if sig.SignatureKey().decode() != signature:
+      continue
+    g = m.Subgraphs(sig.SubgraphIndex())
+    for op in (g.Operators(i) for i in range(g.OperatorsLength())):
+      code = m.OperatorCodes(op.OpcodeIndex())
+      if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) in kinds:
+        out.append(tuple(g.Tensors(op.Inputs(k)).ShapeLength()
+                         for k in range(2)))
+  return out
 
 
 class TrainerTfliteTest(absltest.TestCase):
@@ -128,11 +148,24 @@ class TrainerTfliteTest(absltest.TestCase):
   def test_builtin_ops_only(self):
     self.assertEmpty([o for o in self.ops if o.startswith('Flex')])
     self.assertEmpty([o for o in self.ops if o.islower()])  # custom ops
-    for op in ('FULLY_CONNECTED', 'CONCATENATION', 'TRANSPOSE_CONV',
-               'SPACE_TO_DEPTH', 'ARG_MAX', 'ASSIGN_VARIABLE', 'BITWISE_XOR'):
+    for op in ('BATCH_MATMUL', 'CONCATENATION', 'SPACE_TO_DEPTH', 'SIGN',
+               'ASSIGN_VARIABLE', 'BITWISE_XOR'):
       self.assertIn(op, self.ops)
-    # Convolutions run as im2col + matrix products (layers.py says why).
-    self.assertNotIn('CONV_2D', self.ops)
+    # The op forms layers.py avoids: TFLite's convolutions with variable
+    # filters (and TRANSPOSE_CONV's static output shape), a broadcasting
+    # SELECT_V2 for ReLU, ARG_MAX/ONE_HOT pooling gradients.
+    for op in ('CONV_2D', 'TRANSPOSE_CONV', 'SELECT_V2', 'ARG_MAX'):
+      self.assertNotIn(op, self.ops)
+
+  def test_matrix_products_are_rank_2(self):
+    # A rank-4 left operand (a reshape the converter folded in) runs one
+    # small product per image row: 2-3x slower (layers.py).
+    # (The codecs' batched Hadamard products are rank 3 by design.) train:
+    # 4 forward products, then dW and dx of 4 layers but no dx of conv1.
+    for signature, count in (('train', 11), ('infer', 4)):
+      ranks = _matmul_operand_ranks(self.tflite, signature)
+      self.assertLen(ranks, count, signature)
+      self.assertEqual(set(ranks), {(2, 2)}, signature)
 
   def test_broadcast_decodes_like_the_server(self):
     msg = messages.unpack(messages.BROADCAST, self.broadcast,
