@@ -26,7 +26,11 @@ from tff_compress import config_lib
 from tff_compress.data import registry as data_registry
 from tff_compress.models import registry as model_registry
 
-_STEPS, _BATCH, _LR, _MOMENTUM = 20, 20, 0.05, 0.9
+_BATCH, _MAX_BATCH, _LR, _MOMENTUM = 20, 32, 0.05, 0.9
+# Rows per step: the run's batch, the maximum, a phone's short last batches.
+_ROWS = (20, 32, 7, 20, 1, 20, 32, 20, 13, 20, 20, 32, 20, 7, 20, 20, 1, 32,
+         20, 7)
+_STEPS = len(_ROWS)
 
 
 def _config():
@@ -104,7 +108,8 @@ class TrainerTfliteTest(absltest.TestCase):
     # pylint: disable=protected-access
     from mobile_export import export_lib  # pylint: disable=g-import-not-at-top
     manifest = {
-        'input_shape': [28, 28, 1], 'num_classes': 10, 'batch_size': _BATCH,
+        'format': 2, 'input_shape': [28, 28, 1], 'num_classes': 10,
+        'batch_size': _BATCH, 'max_batch_size': _MAX_BATCH,
         'epochs': 1, 'weights': [{'shape': list(s)} for s in shapes],
         'signatures': export_lib._signature_details(cls.tflite),
         'codecs': {'broadcast': {'identity': False}},
@@ -122,11 +127,15 @@ class TrainerTfliteTest(absltest.TestCase):
     x, y = data.client_arrays(data.client_ids[0])
     rng = np.random.default_rng(0)
     idx = rng.permutation(len(y))
-    while len(idx) < _STEPS * _BATCH:
+    while len(idx) < _STEPS * _MAX_BATCH:
       idx = np.concatenate([idx, rng.permutation(len(y))])
-    bx = x[idx[:_STEPS * _BATCH]].reshape([_STEPS, _BATCH, 28, 28, 1])
-    by = y[idx[:_STEPS * _BATCH]].reshape([_STEPS, _BATCH]).copy()
-    by[-1, 7:] = -1  # the last batch has 7 rows: padding must not count
+    bx = x[idx[:_STEPS * _MAX_BATCH]].reshape(
+        [_STEPS, _MAX_BATCH, 28, 28, 1])
+    by = y[idx[:_STEPS * _MAX_BATCH]].reshape([_STEPS, _MAX_BATCH]).copy()
+    # The probe trains on the rows labelled >= 0 only: `train` gets
+    # _ROWS[s] rows at step s, unpadded.
+    for step, rows in enumerate(_ROWS):
+      by[step, rows:] = -1
     cls.batches = (bx, by)
     cls.infer_x = data.test_x[:50]
     in_path = os.path.join(cls.tmp, 'in.npz')
@@ -245,7 +254,7 @@ class TrainerTfliteTest(absltest.TestCase):
       expected = {
           'x_float64': 'x must be float32',
           'x_shape': 'x has shape',
-          'x_too_many_rows': 'train takes 1..20',
+          'x_too_many_rows': 'train takes 1..32',
           'y_float': 'y must be int32',
           'y_length': 'one label per row',
           'y_range': 'outside 0..9',
