@@ -2,14 +2,18 @@
 
 One builtin-only conversion; `device_probe.py` drives it in .venv-device
 with tflite-runtime and with ai-edge-litert, and every figure is compared
-with TensorFlow here: the 20-step loss trajectory against a Keras
-GradientTape trainer with TFF's SGDM (1e-5 relative), `infer` against
-Keras, parameters/restore, the broadcast decode and the uplink encode
-against the server's codec, and the errors of malformed calls.
+with TensorFlow here: the 20-step loss trajectory (batches of 1 to 32
+rows, unpadded) against a Keras GradientTape trainer with TFF's SGDM (1e-5
+relative), `infer` against Keras, parameters/restore, the broadcast decode
+and the uplink encode against the server's codec, and the errors of
+malformed calls. Also: the Flex recipe baseline trains as TF does, and the
+benchmark worker runs it.
 """
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 
 from absl.testing import absltest
@@ -18,6 +22,7 @@ import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema_fb
 
 from mobile_export import convert
+from mobile_export import flex_recipe
 from mobile_export import messages
 from mobile_export import server as server_lib
 from mobile_export import trainer as trainer_lib
@@ -45,9 +50,9 @@ def _config():
   return config_lib.validate(c)
 
 
-def _keras_trajectory(weights, batches_x, batches_y):
+def _keras_trajectory(weights, batches_x, batches_y, model_name='caldas_cnn'):
   """TF reference: Keras forward, GradientTape, TFF's SGDM update."""
-  model = model_registry.build_model('caldas_cnn', (28, 28, 1), 10)
+  model = model_registry.build_model(model_name, (28, 28, 1), 10)
   model.set_weights(weights)
   loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
   accum = [tf.zeros_like(v) for v in model.trainable_variables]
@@ -265,6 +270,62 @@ class TrainerTfliteTest(absltest.TestCase):
       for name, text in expected.items():
         self.assertIsNotNone(errors[name], name)
         self.assertIn(text, errors[name])
+
+
+class FlexRecipeTest(absltest.TestCase):
+  """The benchmark baseline is TF's step, and the benchmark worker runs it."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    model = model_registry.build_model('dense', (28, 28, 1), 10)
+    cls.weights = model.get_weights()
+    cls.recipe = flex_recipe.FlexRecipe(
+        model_registry.build_model('dense', (28, 28, 1), 10), cls.weights,
+        _LR, _MOMENTUM)
+    cls.tflite = flex_recipe.convert(cls.recipe)
+    rng = np.random.default_rng(3)
+    cls.x = rng.random((32, 28, 28, 1)).astype(np.float32)
+    cls.y = rng.integers(0, 10, 32).astype(np.int32)
+
+  def test_needs_flex(self):
+    self.assertNotEmpty(convert.flex_ops(convert.ops_used(self.tflite)))
+
+  def test_trains_as_tensorflow_at_any_batch_size(self):
+    train = tf.lite.Interpreter(
+        model_content=self.tflite).get_signature_runner('train')
+    rows = (20, 7, 32, 1, 20)
+    got = [float(train(x=self.x[:n], y=self.y[:n])['loss']) for n in rows]
+    by = np.full([len(rows), 32], -1, np.int32)
+    for step, n in enumerate(rows):
+      by[step, :n] = self.y[:n]
+    want, _ = _keras_trajectory(self.weights, np.stack([self.x] * len(rows)),
+                                by, model_name='dense')
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+  def test_benchmark_worker_times_and_measures_it(self):
+    tmp = tempfile.mkdtemp()
+    model, data = os.path.join(tmp, 'flex.tflite'), os.path.join(tmp, 'd.npz')
+    with open(model, 'wb') as f:
+      f.write(self.tflite)
+    np.savez(data, x=self.x, y=self.y)
+    env = dict(os.environ, PYTHONPATH=device_testing.WORKSPACE,
+               TF_CPP_MIN_LOG_LEVEL='3')
+    args = [sys.executable, '-m', 'mobile_export.device_bench', '--model',
+            model, '--runtime=tensorflow', '--data', data]
+    proc = subprocess.run(args[:3] + ['worker'] + args[3:], env=env,
+                          input='{"rows": 7, "steps": 3}\n', text=True,
+                          capture_output=True, timeout=300, check=True)
+    reply = json.loads(proc.stdout.strip().splitlines()[-1])
+    self.assertLen(reply['times_ms'], 3)
+    self.assertTrue(all(t > 0 for t in reply['times_ms']))
+    proc = subprocess.run(args[:3] + ['memory', '--rows=32', '--steps=2'] +
+                          args[3:], env=env, text=True, capture_output=True,
+                          timeout=300, check=True)
+    memory = json.loads(proc.stdout.strip().splitlines()[-1])
+    self.assertEqual(memory['rows'], 32)
+    self.assertGreater(memory['peak_added_mb'], 0.0)
+    self.assertGreaterEqual(memory['peak_mb'], memory['rss_before_mb'])
 
 
 if __name__ == '__main__':
