@@ -32,14 +32,18 @@ ai-edge-litert, `//mobile_export:op_benchmark`, docs/BENCHMARKS.md):
   [rows, kh*kw*cin] matrix.
 * A wide convolution (kw * channels >= `SEPARABLE_MIN_DEPTH`, e.g. the
   Caldas CNN's conv2) runs row-separably: the patches span only the kw
-  columns (kw slices instead of kh*kw), one product with the kernel rows
-  stacked on the output side gives every kernel row's contribution, and kh
-  row-shifted slices of that are added. It computes (Hp / Ho)x the products
-  (18/14 for conv2) but copies kh times less. The input gradient is the
-  same computation on the zero-padded output gradient with the flipped,
-  transposed kernel (not TRANSPOSE_CONV, which needs a static output shape
-  and is 2x slower in the TF-free runtimes); strides dilate the output
-  gradient first (s^2 more products; no registered model strides).
+  columns (kw slices instead of kh*kw, of the input padded in width only),
+  one product with the kernel rows stacked on the output side gives every
+  kernel row's contribution at every input row, and kh row-shifted slices
+  of that are added, the shifts supplying the vertical zero padding. The
+  product has the im2col product's size; the copies are kh times smaller.
+  The input gradient is the same computation on the output gradient with
+  the flipped, transposed kernel (a 'full' correlation; not TRANSPOSE_CONV,
+  which needs a static output shape and is 2x slower in the TF-free
+  runtimes), and the weight gradient one product of the row-shifted output
+  gradient (channel-major) with the forward's column patches. Strides
+  dilate the output gradient first (s^2 more products; no registered model
+  strides).
 * ReLU's mask is a MUL by SIGN(a) (a >= 0, so the sign is 0 or 1), not
   SELECT_V2 against a broadcast zero, which TFLite runs in a slow broadcast
   loop (30x slower for conv1's output).
@@ -116,64 +120,88 @@ def _separable(kernel_shape, strides) -> bool:
   return tuple(strides) == (1, 1) and kw * cin >= SEPARABLE_MIN_DEPTH
 
 
-def _column_patches(xp, kw: int, wo: int):
-  """Width-only im2col of all rows: q[(n, r, j), (b, c)] = xp[n, r, j + b, c].
+def _column_patches(xq, kw: int, wo: int):
+  """Width-only im2col: q[(n, r, j), (b, c)] = xq[n, r, j + b, c], [B*h*wo, kw*c].
 
-  [B*hp*wo, kw*c]. Each slice is flattened before the concatenation: a
-  rank-4 concatenation followed by a reshape lets the converter fold the
-  reshape into a rank-4 BATCH_MATMUL (one small product per image row).
+  Each slice is flattened before the concatenation: a rank-4
+  concatenation followed by a reshape lets the converter fold the reshape
+  into a rank-4 BATCH_MATMUL (one small product per image row).
   """
-  c = xp.shape[3]
-  cols = [tf.reshape(xp[:, :, j:j + wo, :], [-1, c]) for j in range(kw)]
+  c = xq.shape[3]
+  cols = [tf.reshape(xq[:, :, j:j + wo, :], [-1, c]) for j in range(kw)]
   return tf.concat(cols, 1) if kw > 1 else cols[0]
 
 
-def _correlate_rows(q, kernel, hp: int, ho: int, wo: int):
-  """Row-separable VALID stride-1 correlation: [B*ho*wo, cout].
+def _row_shift(t, shift: int, rows_out: int, axis: int = 1):
+  """u[..., i, ...] = t[..., i + shift, ...] along `axis`, i in [0, rows_out).
 
-  With q = `_column_patches(xp)`: t = q W_rows, W_rows[(b, c), (a, o)] =
-  W[a, b, c, o] (one product, [B*hp*wo, kw*c] x [kw*c, kh*cout], giving
-  every kernel row's contribution at every input row), then out[n, i, j,
-  o] = sum_a t[n, i + a, j, (a, o)] (kh row-shifted slices).
+  Zero where t has no such row.
+  """
+  rows_in = t.shape[axis]
+  lo, hi = max(0, -shift), min(rows_out, rows_in - shift)
+  if (lo, hi, shift, rows_in) == (0, rows_out, 0, rows_out):
+    return t
+  lead = (slice(None),) * axis
+  piece = t[lead + (slice(lo + shift, hi + shift),)]
+  if lo == 0 and hi == rows_out:
+    return piece
+  pads = [[0, 0]] * len(t.shape)
+  pads[axis] = [lo, rows_out - hi]
+  return tf.pad(piece, pads)
+
+
+def _correlate_rows(q, kernel, rows_in: int, top: int, rows_out: int,
+                    wo: int):
+  """Row-separable stride-1 correlation: [B*rows_out*wo, cout].
+
+  q = `_column_patches` of the input padded in width only (rows_in rows).
+  t = q W_rows, W_rows[(b, c), (a, o)] = W[a, b, c, o]: one product,
+  [B*rows_in*wo, kw*c] x [kw*c, kh*cout], giving every kernel row's
+  contribution at every input row; then out[n, i, j, o] = sum_a
+  t[n, i + a - top, j, (a, o)], the rows above and below the input (its
+  `top` and bottom zero padding) contributing nothing. Padding the
+  product's output rather than its input keeps zero rows out of the
+  product.
   """
   kh, kw, cin, cout = kernel.shape
   w_rows = tf.reshape(tf.transpose(kernel, [1, 2, 0, 3]), [kw * cin, kh * cout])
-  t = tf.reshape(tf.matmul(q, w_rows), [-1, hp, wo, kh * cout])
-  out = t[:, 0:ho, :, 0:cout]
-  for a in range(1, kh):
-    out += t[:, a:a + ho, :, a * cout:(a + 1) * cout]
+  t = tf.reshape(tf.matmul(q, w_rows), [-1, rows_in, wo, kh * cout])
+  out = None
+  for a in range(kh):
+    part = _row_shift(t[:, :, :, a * cout:(a + 1) * cout], a - top, rows_out)
+    out = part if out is None else out + part
   return tf.reshape(out, [-1, cout])
 
 
-def _correlate(xp, kernel, strides, ho: int, wo: int):
-  """VALID correlation of the padded input xp: ([B*ho*wo, cout], patches).
+def _correlate(x, kernel, strides, rows: tuple[int, int],
+               cols: tuple[int, int], ho: int, wo: int):
+  """VALID correlation of x zero-padded by rows/cols: ([B*ho*wo, cout], patches).
 
   patches is what the weight gradient reuses: the column patches q of the
-  row-separable form, or P^T (`_patches_t`) of the standard one.
+  row-separable form (built from x padded in width only), or P^T
+  (`_patches_t`) of the standard one.
   """
   kh, kw, cin, cout = kernel.shape
   if _separable(kernel.shape, strides):
-    q = _column_patches(xp, kw, wo)
-    return _correlate_rows(q, kernel, xp.shape[1], ho, wo), q
-  pt = _patches_t(xp, kh, kw, strides, ho, wo)
+    q = _column_patches(_pad_hw(x, (0, 0), cols), kw, wo)
+    return _correlate_rows(q, kernel, x.shape[1], rows[0], ho, wo), q
+  pt = _patches_t(_pad_hw(x, rows, cols), kh, kw, strides, ho, wo)
   return tf.matmul(tf.transpose(pt),
                    tf.reshape(kernel, [kh * kw * cin, cout])), pt
 
 
-def _kernel_grad_rows(q, dz, kernel_shape):
+def _kernel_grad_rows(q, dz, kernel_shape, rows_in: int, top: int):
   """dW of a row-separable convolution from its column patches q.
 
-  dW[a, b, c, o] = sum_{n, r, j} q[(n, r, j), (b, c)] dz[n, r - a, j, o]
-  (dz zero outside its rows): the row shifts go to dz, the smaller
-  operand, laid out channel-major, [(a, o), (n, r, j)], so the product
-  [kh*cout, B*hp*wo] x [B*hp*wo, kw*cin] takes both operands untransposed.
+  dW[a, b, c, o] = sum_{n, r, j} q[(n, r, j), (b, c)] dz[n, r + top - a, j,
+  o], r over the rows_in input rows (dz zero outside its rows): the row
+  shifts go to dz, the smaller operand, laid out channel-major, [(a, o),
+  (n, r, j)], so the product [kh*cout, B*rows_in*wo] x [B*rows_in*wo,
+  kw*cin] takes both operands untransposed.
   """
   kh, kw, cin, cout = kernel_shape
-  _, ho, wo, _ = dz.shape
-  hp = ho + kh - 1
-  dzt = tf.pad(tf.transpose(dz, [3, 0, 1, 2]),
-               [[0, 0], [0, 0], [kh - 1, kh - 1], [0, 0]])
-  shifted = [dzt[:, :, kh - 1 - a:kh - 1 - a + hp, :] for a in range(kh)]
+  dzt = tf.transpose(dz, [3, 0, 1, 2])
+  shifted = [_row_shift(dzt, top - a, rows_in, axis=2) for a in range(kh)]
   d = tf.reshape(tf.concat(shifted, 0) if kh > 1 else shifted[0],
                  [kh * cout, -1])
   g = tf.reshape(tf.matmul(d, q), [kh, cout, kw, cin])
@@ -254,11 +282,10 @@ class Conv2D:
 
   def forward(self, x, weights):
     rows, cols = self._pads(x.shape[1], x.shape[2])
-    xp = _pad_hw(x, rows, cols)
     kernel = weights[0]
     kh, kw, _, cout = kernel.shape
     ho, wo = self._out_hw(x.shape, kh, kw)
-    z, patches = _correlate(xp, kernel, self.strides, ho, wo)
+    z, patches = _correlate(x, kernel, self.strides, rows, cols, ho, wo)
     if self.use_bias:
       z += weights[1]
     y = tf.reshape(z, [-1, ho, wo, cout])
@@ -290,7 +317,9 @@ class Conv2D:
     else:
       dz = d
     if _separable(kernel.shape, self.strides):
-      grads.append(_kernel_grad_rows(patches, dz, kernel.shape))
+      top = self._pads(x_shape[1], x_shape[2])[0][0]
+      grads.append(_kernel_grad_rows(patches, dz, kernel.shape, x_shape[1],
+                                     top))
     else:
       grads.append(tf.reshape(
           tf.matmul(patches, tf.reshape(dz, [-1, cout])), kernel.shape))
@@ -314,10 +343,9 @@ class Conv2D:
     if self.strides != (1, 1):
       dz = _dilate(dz, *self.strides)
     h, w = x_shape[1], x_shape[2]
-    dzq = _pad_hw(dz, (kh - 1 - pt, h + pt - dz.shape[1]),
-                  (kw - 1 - pl, w + pl - dz.shape[2]))
     flipped = tf.transpose(kernel[::-1, ::-1], [0, 1, 3, 2])
-    dx, _ = _correlate(dzq, flipped, (1, 1), h, w)
+    dx, _ = _correlate(dz, flipped, (1, 1), (kh - 1 - pt, h + pt - dz.shape[1]),
+                       (kw - 1 - pl, w + pl - dz.shape[2]), h, w)
     return tf.reshape(dx, [-1, h, w, x_shape[3]])
 
 

@@ -19,7 +19,9 @@ Each TFLite variant runs in its own worker process (`device_bench.py`),
 created once; the rounds alternate every variant and every batch size, so
 machine load hits all of them alike; a round is `--steps` `train` calls
 from the same starting weights after one warm-up call at that size.
-Reported: the median over rounds of each round's median, ms per step.
+Reported: the median over rounds of each round's median, ms per step, of
+the wall clock and of the process's CPU time (less sensitive to other
+processes on a loaded machine; with 2 threads it adds both threads' time).
 `--memory_steps=N` also runs each TFLite variant in a fresh process and
 reports the peak resident memory added by N steps at `--memory_rows`
 (`device_bench.py memory`), and the file sizes.
@@ -80,10 +82,10 @@ class _Worker:
       raise RuntimeError(f'benchmark worker exited ({self._proc.wait()})')
     return json.loads(line)
 
-  def time_steps(self, rows: int, steps: int) -> list[float]:
+  def time_steps(self, rows: int, steps: int) -> dict:
     self._proc.stdin.write(json.dumps({'rows': rows, 'steps': steps}) + '\n')
     self._proc.stdin.flush()
-    return self._read()['times_ms']
+    return self._read()
 
   def close(self) -> None:
     self._proc.stdin.close()
@@ -164,21 +166,25 @@ def main(argv):
     xb, yb = tf.constant(x[:n]), tf.constant(y[:n])
     keras.set_weights(weights)
     keras_step(xb, yb).numpy()
-    out = []
+    wall, cpu = [], []
     for _ in range(_STEPS.value):
-      t0 = time.perf_counter()
+      t0, c0 = time.perf_counter(), time.process_time()
       keras_step(xb, yb).numpy()
-      out.append(1000 * (time.perf_counter() - t0))
-    return out
+      wall.append(1000 * (time.perf_counter() - t0))
+      cpu.append(1000 * (time.process_time() - c0))
+    return {'wall_ms': wall, 'cpu_ms': cpu}
 
   names = ['tf_keras'] + [name for name, _, _ in _TFLITE_VARIANTS]
-  results = {(name, n): [] for name in names for n in rows}
+  results = {(clock, name, n): [] for clock in ('wall_ms', 'cpu_ms')
+             for name in names for n in rows}
   for _ in range(_ROUNDS.value):
     for n in rows:
-      results[('tf_keras', n)].append(statistics.median(time_keras(n)))
+      measured = {'tf_keras': time_keras(n)}
       for name, worker in workers.items():
-        results[(name, n)].append(
-            statistics.median(worker.time_steps(n, _STEPS.value)))
+        measured[name] = worker.time_steps(n, _STEPS.value)
+      for name, times in measured.items():
+        for clock, values in times.items():
+          results[(clock, name, n)].append(statistics.median(values))
   for worker in workers.values():
     worker.close()
 
@@ -187,20 +193,23 @@ def main(argv):
         f'{manifest["optimizer"]["name"]} (lr {lr}, momentum {momentum}); '
         f'ms per train step, median of {_ROUNDS.value} alternating rounds '
         f'of {_STEPS.value} steps')
-  print('| variant | ' + ' | '.join(f'{n} rows' for n in rows) + ' |')
-  print('|---|' + '---|' * len(rows))
-  for name in names:
-    print(f'| {name} | ' + ' | '.join(f'{median[(name, n)]:.2f}'
-                                      for n in rows) + ' |')
-  print('| builtin / flex_recipe (same tf.lite.Interpreter) | ' + ' | '.join(
-      f'{median[("builtin", n)] / median[("flex_recipe", n)]:.2f}x'
-      for n in rows) + ' |')
+  for clock, title in (('wall_ms', 'wall clock'),
+                       ('cpu_ms', 'CPU time of the process (all threads)')):
+    print(f'\n{title}:')
+    print('| variant | ' + ' | '.join(f'{n} rows' for n in rows) + ' |')
+    print('|---|' + '---|' * len(rows))
+    for name in names:
+      print(f'| {name} | ' + ' | '.join(f'{median[(clock, name, n)]:.2f}'
+                                        for n in rows) + ' |')
+    print('| builtin / flex_recipe (same tf.lite.Interpreter) | ' +
+          ' | '.join(f'{median[(clock, "builtin", n)] / median[(clock, "flex_recipe", n)]:.2f}x'
+                     for n in rows) + ' |')
   record = {'model': manifest['model'], 'threads': _THREADS.value,
             'steps': _STEPS.value, 'rounds': _ROUNDS.value,
-            'median_ms': {f'{name}@{n}': median[(name, n)]
-                          for name, n in median},
-            'rounds_ms': {f'{name}@{n}': v for (name, n), v in
-                          results.items()}}
+            'median': {f'{clock}/{name}@{n}': v
+                       for (clock, name, n), v in median.items()},
+            'rounds': {f'{clock}/{name}@{n}': v
+                       for (clock, name, n), v in results.items()}}
 
   if _MEMORY_STEPS.value:
     n = _MEMORY_ROWS.value or manifest['batch_size']
