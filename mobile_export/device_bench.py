@@ -43,10 +43,11 @@ class BenchError(ValueError):
 
 
 def _interpreter(path: str, runtime: str, threads: int):
+  # pylint: disable=g-import-not-at-top  (one runtime per process)
   if runtime == 'tflite_runtime':
-    from tflite_runtime.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+    from tflite_runtime.interpreter import Interpreter
   elif runtime == 'ai_edge_litert':
-    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+    from ai_edge_litert.interpreter import Interpreter
   elif runtime == 'tensorflow':
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     # The Flex delegate runs TF kernels on TF's own thread pools.

@@ -97,7 +97,7 @@ class FlexRecipe(tf.Module):
 
 
 def convert(recipe: FlexRecipe) -> bytes:
-  """The recipe as the guide converts it: builtins + Flex, resource variables."""
+  """The recipe converted as the guide does: builtins + Flex, resource vars."""
   signatures = recipe.signatures()
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, 'saved_model')

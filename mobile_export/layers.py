@@ -20,16 +20,19 @@ kernel, z = conv(x, W) + b (or x W + b), a the activation, dy = dL/da.
 Why these op forms (each measured per layer in tf.lite, tflite-runtime and
 ai-edge-litert, `//mobile_export:op_benchmark`, docs/BENCHMARKS.md):
 
-* Every matrix product is a rank-2 BATCH_MATMUL with neither operand
-  transposed, the only form that is fast in all three runtimes: a transposed
-  left operand costs a full transposed copy, FULLY_CONNECTED with
-  non-constant weights is 3x slower in tflite-runtime and ai-edge-litert,
-  and a rank-4 left operand (which the converter produces by folding a
-  reshape into the product) runs one small product per image row. The
-  weight gradient of a convolution therefore takes the patch matrix in
-  channel-major layout, P^T of shape [kh*kw*cin, rows], built by slicing a
-  channel-major copy of the (small) input, instead of transposing the
-  [rows, kh*kw*cin] matrix.
+* Matrix products are rank-2 BATCH_MATMULs whose large operands are not
+  transposed: BATCH_MATMUL is the one product that is fast in all three
+  runtimes (FULLY_CONNECTED with non-constant weights runs 3-4x slower in
+  tflite-runtime and ai-edge-litert), a transposed operand costs TFLite a
+  full transposed copy, and a rank-4 left operand (which the converter
+  makes by folding a reshape into the product) runs one small product per
+  image row, 2-3x slower. So the weight gradient of a convolution takes
+  its patch matrix in channel-major layout, P^T [kh*kw*cin, rows], sliced
+  from a channel-major copy of the (small) input, rather than transposing
+  the [rows, kh*kw*cin] matrix. The transposed operands left are small:
+  a narrow first layer's P^T in its forward product, the dense layers'
+  inputs [batch, in] in dW; dy W^T is a FULLY_CONNECTED, which takes W
+  ([in, out]) as it is.
 * A wide convolution (kw * channels >= `SEPARABLE_MIN_DEPTH`, e.g. the
   Caldas CNN's conv2) runs row-separably: the patches span only the kw
   columns (kw slices instead of kh*kw, of the input padded in width only),
@@ -39,14 +42,17 @@ ai-edge-litert, `//mobile_export:op_benchmark`, docs/BENCHMARKS.md):
   product has the im2col product's size; the copies are kh times smaller.
   The input gradient is the same computation on the output gradient with
   the flipped, transposed kernel (a 'full' correlation; not TRANSPOSE_CONV,
-  which needs a static output shape and is 2x slower in the TF-free
-  runtimes), and the weight gradient one product of the row-shifted output
-  gradient (channel-major) with the forward's column patches. Strides
+  which needs a static output shape and took 1.6-1.8x as long in the
+  TF-free runtimes), and the weight gradient one product of the
+  row-shifted output gradient (channel-major) with the forward's column
+  patches. Strides
   dilate the output gradient first (s^2 more products; no registered model
   strides).
 * ReLU's mask is a MUL by SIGN(a) (a >= 0, so the sign is 0 or 1), not
-  SELECT_V2 against a broadcast zero, which TFLite runs in a slow broadcast
-  loop (30x slower for conv1's output).
+  SELECT_V2 against a broadcast zero, which tf.lite and tflite-runtime run
+  in a generic broadcast loop (20-35x slower on conv1's output); the
+  pooling gradient is an EQUAL/MUL chain, not ARG_MAX + ONE_HOT (5-8x
+  slower).
 * A Conv2D with ReLU (and dropout's positive rescaling) followed by max-
   pooling pools before the activation: relu(max(z)) * s = max(relu(z) * s)
   exactly (both monotone, and rounding is monotone), so the forward values
@@ -116,13 +122,15 @@ def _patches_t(xp, kh: int, kw: int, strides: tuple[int, int], ho: int,
 
 
 def _separable(kernel_shape, strides) -> bool:
+  """Whether a correlation with this kernel runs row-separably."""
   _, kw, cin, _ = kernel_shape
   return tuple(strides) == (1, 1) and kw * cin >= SEPARABLE_MIN_DEPTH
 
 
 def _column_patches(xq, kw: int, wo: int):
-  """Width-only im2col: q[(n, r, j), (b, c)] = xq[n, r, j + b, c], [B*h*wo, kw*c].
+  """Width-only im2col: q[(n, r, j), (b, c)] = xq[n, r, j + b, c].
 
+  Shape [B*h*wo, kw*c].
   Each slice is flattened before the concatenation: a rank-4
   concatenation followed by a reshape lets the converter fold the reshape
   into a rank-4 BATCH_MATMUL (one small product per image row).
@@ -164,7 +172,8 @@ def _correlate_rows(q, kernel, rows_in: int, top: int, rows_out: int,
   product.
   """
   kh, kw, cin, cout = kernel.shape
-  w_rows = tf.reshape(tf.transpose(kernel, [1, 2, 0, 3]), [kw * cin, kh * cout])
+  w_rows = tf.reshape(tf.transpose(kernel, [1, 2, 0, 3]),
+                      [kw * cin, kh * cout])
   t = tf.reshape(tf.matmul(q, w_rows), [-1, rows_in, wo, kh * cout])
   out = None
   for a in range(kh):
@@ -175,11 +184,11 @@ def _correlate_rows(q, kernel, rows_in: int, top: int, rows_out: int,
 
 def _correlate(x, kernel, strides, rows: tuple[int, int],
                cols: tuple[int, int], ho: int, wo: int):
-  """VALID correlation of x zero-padded by rows/cols: ([B*ho*wo, cout], patches).
+  """VALID correlation of x zero-padded by rows/cols.
 
-  patches is what the weight gradient reuses: the column patches q of the
-  row-separable form (built from x padded in width only), or P^T
-  (`_patches_t`) of the standard one.
+  Returns ([B*ho*wo, cout], patches); patches is what the weight gradient
+  reuses: the column patches q of the row-separable form (built from x
+  padded in width only), or P^T (`_patches_t`) of the standard one.
   """
   kh, kw, cin, cout = kernel.shape
   if _separable(kernel.shape, strides):
@@ -305,7 +314,7 @@ class Conv2D:
   def backward(self, dy, cache, weights, need_dx: bool = True):
     x_shape, patches, y, m, a = cache
     kernel = weights[0]
-    kh, kw, cin, cout = kernel.shape
+    kh, kw, _, cout = kernel.shape
     d = dy * self.scale if self.scale != 1.0 else dy
     if self.relu:
       d = _relu_mask(d, a)
@@ -344,8 +353,9 @@ class Conv2D:
       dz = _dilate(dz, *self.strides)
     h, w = x_shape[1], x_shape[2]
     flipped = tf.transpose(kernel[::-1, ::-1], [0, 1, 3, 2])
-    dx, _ = _correlate(dz, flipped, (1, 1), (kh - 1 - pt, h + pt - dz.shape[1]),
-                       (kw - 1 - pl, w + pl - dz.shape[2]), h, w)
+    rows = (kh - 1 - pt, h + pt - dz.shape[1])
+    cols = (kw - 1 - pl, w + pl - dz.shape[2])
+    dx, _ = _correlate(dz, flipped, (1, 1), rows, cols, h, w)
     return tf.reshape(dx, [-1, h, w, x_shape[3]])
 
 

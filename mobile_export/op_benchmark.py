@@ -332,7 +332,8 @@ def main(argv):
           env={'PYTHONNOUSERSITE': '1', 'TF_CPP_MIN_LOG_LEVEL': '3',
                'PATH': os.environ.get('PATH', '')},
           capture_output=True, text=True, check=True)
-      for key, values in json.loads(out.stdout.strip().splitlines()[-1]).items():
+      measured = json.loads(out.stdout.strip().splitlines()[-1])
+      for key, values in measured.items():
         rounds[runtime].setdefault(key, []).extend(values)
   ms = {r: {k: statistics.median(v) for k, v in d.items()}
         for r, d in rounds.items()}

@@ -201,9 +201,10 @@ def main(argv):
     for name in names:
       print(f'| {name} | ' + ' | '.join(f'{median[(clock, name, n)]:.2f}'
                                         for n in rows) + ' |')
+    ratios = [median[(clock, 'builtin', n)] /
+              median[(clock, 'flex_recipe', n)] for n in rows]
     print('| builtin / flex_recipe (same tf.lite.Interpreter) | ' +
-          ' | '.join(f'{median[(clock, "builtin", n)] / median[(clock, "flex_recipe", n)]:.2f}x'
-                     for n in rows) + ' |')
+          ' | '.join(f'{r:.2f}x' for r in ratios) + ' |')
   record = {'model': manifest['model'], 'threads': _THREADS.value,
             'steps': _STEPS.value, 'rounds': _ROUNDS.value,
             'median': {f'{clock}/{name}@{n}': v
@@ -230,8 +231,9 @@ def main(argv):
     for name, model, _ in _TFLITE_VARIANTS:
       print(f'| {name} | {memory[name]["peak_added_mb"]:.1f} | '
             f'{sizes[model] / 2**20:.2f} |')
+    added = {k: v['peak_added_mb'] for k, v in memory.items()}
     print('| builtin / flex_recipe (same tf.lite.Interpreter) | '
-          f'{memory["builtin"]["peak_added_mb"] / memory["flex_recipe"]["peak_added_mb"]:.2f}x | '
+          f'{added["builtin"] / added["flex_recipe"]:.2f}x | '
           f'{sizes["builtin"] / sizes["flex"]:.2f}x |')
     record['memory'] = memory
     record['file_bytes'] = sizes

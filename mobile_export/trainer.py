@@ -197,7 +197,7 @@ class Trainer(tf.Module):
     return loss, [lr * g for g in tape.gradient(loss, self.weights)]
 
   def train_step(self, x, y):
-    """One SGD(M) step on the rows of x; returns the mean loss of the valid rows.
+    """One SGD(M) step on the rows of x; the mean loss of the valid rows.
 
     TFF's SGDM (a = m a + g, w -= lr a) with the accumulators holding lr a
     (constant lr): lr a = m (lr a) + lr g, w -= lr a.
