@@ -60,10 +60,13 @@ def _interpreter(path: str, runtime: str, threads: int):
 
 
 def _status_kb(field: str) -> int:
-  with open('/proc/self/status') as f:
-    for line in f:
-      if line.startswith(field + ':'):
-        return int(line.split()[1])
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith(field + ':'):
+          return int(line.split()[1])
+  except OSError as e:
+    raise BenchError(f'peak memory needs Linux /proc ({e})') from e
   raise BenchError(f'/proc/self/status has no {field}')
 
 
@@ -99,8 +102,11 @@ class Bench:
   def peak_added(self, rows: int, steps: int) -> dict:
     """Peak resident memory added by `steps` train calls (MB = 2^20 B)."""
     x, y = self._batch(rows)
-    with open('/proc/self/clear_refs', 'w') as f:
-      f.write('5')  # resets VmHWM to the current resident size
+    try:
+      with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # resets VmHWM to the current resident size
+    except OSError as e:
+      raise BenchError(f'peak memory needs Linux /proc ({e})') from e
     before = _status_kb('VmRSS')
     for _ in range(steps):
       self._train(x=x, y=y)
@@ -119,10 +125,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--rows', type=int, default=20)
   parser.add_argument('--steps', type=int, default=5)
   args = parser.parse_args(argv)
-  bench = Bench(args.model, args.runtime, args.threads, args.data)
-  if args.mode == 'memory':
-    print(json.dumps(bench.peak_added(args.rows, args.steps)), flush=True)
-    return 0
+  try:
+    bench = Bench(args.model, args.runtime, args.threads, args.data)
+    if args.mode == 'memory':
+      print(json.dumps(bench.peak_added(args.rows, args.steps)), flush=True)
+      return 0
+  except (BenchError, OSError) as e:
+    print(f'device_bench: error: {e}', file=sys.stderr, flush=True)
+    return 2
   print(json.dumps({'ready': True}), flush=True)
   for line in sys.stdin:
     request = json.loads(line)

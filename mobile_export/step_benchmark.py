@@ -221,7 +221,9 @@ def main(argv):
            f'--model={paths[model]}', f'--runtime={runtime}',
            f'--threads={_THREADS.value}', f'--data={data_path}',
            f'--rows={n}', f'--steps={_MEMORY_STEPS.value}'],
-          env=env, capture_output=True, text=True, check=True)
+          env=env, capture_output=True, text=True, check=False)
+      if out.returncode:
+        raise RuntimeError(f'{name} memory run failed: {out.stderr[-2000:]}')
       memory[name] = json.loads(out.stdout.strip().splitlines()[-1])
     sizes = {model: os.path.getsize(path) for model, path in paths.items()}
     print(f'\nPeak resident memory added by {_MEMORY_STEPS.value} train '
