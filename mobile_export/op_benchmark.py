@@ -27,7 +27,8 @@ see non-constant weights either way, as in the trainer. Times: TensorFlow
 (builtin and Flex models), tflite-runtime and ai-edge-litert (.venv-device,
 builtin models); the same thread count everywhere; per model the median
 over --rounds rounds (models and runtimes alternating) of each round's
-median of --reps invocations, ms.
+median of --reps invocations, ms of wall clock or (--clock=cpu) of the
+process's CPU time.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ _REPS = flags.DEFINE_integer('reps', 10, 'Timed invocations per round.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds.')
 _LR = flags.DEFINE_float('learning_rate', 0.02, 'SGD step size.')
 _MOMENTUM = flags.DEFINE_float('momentum', 0.0, 'SGD momentum.')
+_CLOCK = flags.DEFINE_enum(
+    'clock', 'wall', ['wall', 'cpu'],
+    'wall: elapsed time; cpu: the process\'s CPU time, less sensitive to '
+    'other processes on a loaded machine (sums all threads).')
 
 # Times every .tflite file of a folder in one runtime: {name: [round
 # medians]}. Runs in .venv-device (TF-free runtimes) or in this venv
@@ -60,8 +65,9 @@ _MOMENTUM = flags.DEFINE_float('momentum', 0.0, 'SGD momentum.')
 _TIMER = r'''
 import glob, json, os, statistics, sys, time
 import numpy as np
-folder, runtime, threads, reps, rounds = sys.argv[1:6]
+folder, runtime, threads, reps, rounds, clock = sys.argv[1:7]
 threads, reps, rounds = int(threads), int(reps), int(rounds)
+now = time.perf_counter if clock == 'wall' else time.process_time
 if runtime == 'tflite_runtime':
   from tflite_runtime.interpreter import Interpreter
 elif runtime == 'ai_edge_litert':
@@ -104,8 +110,8 @@ for _ in range(rounds):
   for name, call in models.items():
     times = []
     for _ in range(reps):
-      t0 = time.perf_counter(); call()
-      times.append(1000 * (time.perf_counter() - t0))
+      t0 = now(); call()
+      times.append(1000 * (now() - t0))
     out[name].append(statistics.median(times))
 print(json.dumps(out))
 '''
@@ -168,15 +174,16 @@ def _convert_module(module, fn, specs, flex: bool) -> bytes:
     return converter.convert()
 
 
-def _time_tf(fn, args, reps: int) -> float:
+def _time_tf(fn, args, reps: int, clock: str) -> float:
+  now = time.perf_counter if clock == 'wall' else time.process_time
   f = tf.function(fn)
   for _ in range(3):
     f(*args)
   times = []
   for _ in range(reps):
-    t0 = time.perf_counter()
+    t0 = now()
     tf.nest.map_structure(lambda t: t.numpy(), f(*args))
-    times.append(1000 * (time.perf_counter() - t0))
+    times.append(1000 * (now() - t0))
   return statistics.median(times)
 
 
@@ -314,7 +321,7 @@ def main(argv):
       f.write(blob)
   order.append('update')
 
-  tf_ms = {key: _time_tf(fn, args, _REPS.value)
+  tf_ms = {key: _time_tf(fn, args, _REPS.value, _CLOCK.value)
            for key, (fn, _, args) in cases.items() if args is not None}
   workspace = os.environ.get('BUILD_WORKSPACE_DIRECTORY') or os.path.dirname(
       os.path.dirname(os.path.realpath(__file__)))
@@ -328,7 +335,7 @@ def main(argv):
     for runtime, python in runtimes:
       out = subprocess.run(
           [python, '-c', _TIMER, folder, runtime, str(_THREADS.value),
-           str(_REPS.value), '1'],
+           str(_REPS.value), '1', _CLOCK.value],
           env={'PYTHONNOUSERSITE': '1', 'TF_CPP_MIN_LOG_LEVEL': '3',
                'PATH': os.environ.get('PATH', '')},
           capture_output=True, text=True, check=True)
@@ -339,8 +346,8 @@ def main(argv):
         for r, d in rounds.items()}
 
   print(f'{_MODEL.value}, {_ROWS.value} rows, {_THREADS.value} thread(s), '
-        f'lr {_LR.value}, momentum {_MOMENTUM.value}; ms per call, median '
-        f'of {_ROUNDS.value} rounds x {_REPS.value} calls')
+        f'lr {_LR.value}, momentum {_MOMENTUM.value}; {_CLOCK.value} ms per '
+        f'call, median of {_ROUNDS.value} rounds x {_REPS.value} calls')
   def value(times, name, part):
     """ms of one pass; a builtin layer's forward + backward is the sum."""
     if part == 'fwd_bwd' and f'{name}.bwd' in times:
