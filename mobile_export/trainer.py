@@ -36,8 +36,8 @@ SGD when m = 0), with the accumulator reset by `restore`/`load_broadcast`,
 as TFF's client work starts each round with a fresh optimizer state. The
 accumulators hold lr a, and the gradients come out of the backward pass
 already scaled by lr (it enters once, at dL/dlogits), so the update costs
-one multiply-add and one subtraction per weight (plain SGD: one
-subtraction).
+a multiplication, an addition and a subtraction per weight (plain SGD: one
+subtraction) besides the variable reads and writes.
 
 Gradients come from the explicit builtin-op backward passes of
 `layers.py`. If the model has a layer without one, `build_trainer` can fall
