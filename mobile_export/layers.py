@@ -140,22 +140,14 @@ def _column_patches(xq, kw: int, wo: int):
   return tf.concat(cols, 1) if kw > 1 else cols[0]
 
 
-def _row_shift(t, shift: int, rows_out: int, axis: int = 1):
-  """u[..., i, ...] = t[..., i + shift, ...] along `axis`, i in [0, rows_out).
-
-  Zero where t has no such row.
-  """
-  rows_in = t.shape[axis]
+def _row_shift(t, shift: int, rows_out: int):
+  """u[:, i] = t[:, i + shift], i in [0, rows_out); zero where t has no row."""
+  rows_in = t.shape[1]
   lo, hi = max(0, -shift), min(rows_out, rows_in - shift)
   if (lo, hi, shift, rows_in) == (0, rows_out, 0, rows_out):
     return t
-  lead = (slice(None),) * axis
-  piece = t[lead + (slice(lo + shift, hi + shift),)]
-  if lo == 0 and hi == rows_out:
-    return piece
-  pads = [[0, 0]] * len(t.shape)
-  pads[axis] = [lo, rows_out - hi]
-  return tf.pad(piece, pads)
+  piece = t[:, lo + shift:hi + shift]
+  return _pad_hw(piece, (lo, rows_out - hi), (0, 0))
 
 
 def _correlate_rows(q, kernel, rows_in: int, top: int, rows_out: int,
@@ -209,8 +201,13 @@ def _kernel_grad_rows(q, dz, kernel_shape, rows_in: int, top: int):
   kw*cin] takes both operands untransposed.
   """
   kh, kw, cin, cout = kernel_shape
-  dzt = tf.transpose(dz, [3, 0, 1, 2])
-  shifted = [_row_shift(dzt, top - a, rows_in, axis=2) for a in range(kh)]
+  ho = dz.shape[1]
+  # Zero rows enough for every shift, added before the transpose (padding
+  # the middle axis of the transposed tensor measured 2x slower).
+  pad_top, pad_bottom = max(0, kh - 1 - top), max(0, rows_in + top - ho)
+  dzt = tf.transpose(_pad_hw(dz, (pad_top, pad_bottom), (0, 0)), [3, 0, 1, 2])
+  starts = [top - a + pad_top for a in range(kh)]
+  shifted = [dzt[:, :, i:i + rows_in, :] for i in starts]
   d = tf.reshape(tf.concat(shifted, 0) if kh > 1 else shifted[0],
                  [kh * cout, -1])
   g = tf.reshape(tf.matmul(d, q), [kh, cout, kw, cin])
