@@ -43,6 +43,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -303,6 +304,7 @@ def _update_models(weights, lr: float, momentum: float) -> dict:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # the converter's INFO chatter
   tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
   tf.config.threading.set_inter_op_parallelism_threads(_THREADS.value)
   # pylint: disable=g-import-not-at-top

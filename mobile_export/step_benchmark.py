@@ -39,6 +39,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -94,6 +95,7 @@ class _Worker:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # the converter's INFO chatter
   # Before TensorFlow's runtime starts: equal threads on every side.
   tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
   tf.config.threading.set_inter_op_parallelism_threads(_THREADS.value)
