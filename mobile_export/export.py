@@ -26,6 +26,10 @@ _ALLOW_FLEX = flags.DEFINE_bool(
     'allow_flex', True,
     'If a layer has no builtin backward pass, export a Flex trainer (and '
     'say so in manifest.json) instead of failing.')
+_MAX_BATCH = flags.DEFINE_integer(
+    'max_batch_size', None,
+    'Most rows a phone may pass to train (manifest.json); default: the '
+    "run's client.batch_size, at least 32.")
 _CALIBRATION = flags.DEFINE_integer(
     'calibration_examples', 256,
     'Training examples used to calibrate the int8 quantization.')
@@ -54,7 +58,8 @@ def main(argv):
   try:
     export_lib.export(run_dir, out_dir, prune_sparsity=_PRUNE.value,
                       allow_flex=_ALLOW_FLEX.value,
-                      calibration_examples=_CALIBRATION.value)
+                      calibration_examples=_CALIBRATION.value,
+                      max_batch_size=_MAX_BATCH.value)
   except (export_lib.ExportError, federated_data.DataError) as e:
     raise cli.UserError(str(e)) from e
 

@@ -157,8 +157,10 @@ class DeviceRoundTest(absltest.TestCase):
     self.assertEqual(set(m['signatures']), {
         'train', 'infer', 'parameters', 'restore', 'load_broadcast',
         'encode_update'})
+    # Any batch up to max(run batch 32, 32) rows: the batch is -1.
     self.assertEqual(m['signatures']['train']['inputs']['x']['shape'],
-                     [32, 28, 28, 1])
+                     [-1, 28, 28, 1])
+    self.assertEqual(m['max_batch_size'], 32)
     self.assertEqual(m['optimizer'], {'name': 'sgdm', 'learning_rate': 0.1,
                                       'momentum': 0.9})
     for name, size in (('trainer.tflite', m['files']['trainer.tflite']),
