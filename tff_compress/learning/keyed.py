@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import abc
 import collections
-from typing import Sequence
+import functools
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_compress.encoders import bounded
 from tff_compress.encoders import chain as chain_lib
 from tff_compress.encoders import settings as codec_settings
 from tff_compress.encoders import structure
@@ -172,6 +174,48 @@ def build_keyed_distributor(
   return tff.templates.MeasuredProcess(init_fn, next_fn)
 
 
+def _scatter_computation(slicing: Slicing, value_type, weight_type,
+                         global_type, clip: Optional[float] = None):
+  """`(value, weight, round, slot) -> (w · scatter(value), w · coverage)`.
+
+  With `clip`, the slice-shaped value is first scaled to L2 norm <= clip
+  (on the client, before the scatter: the record a DP sum adds).
+  """
+  template = tff.types.structure_from_tensor_type_tree(
+      lambda t: 0, global_type)
+
+  @tff.tensorflow.computation(value_type, weight_type, np.int64, KEY_TYPE)
+  def scatter(value, weight, round_num, slot):
+    key = slicing.mask_key(slot[0])
+    flat = tf.nest.flatten(value)
+    if clip is not None:
+      flat = bounded.clip_by_global_l2_norm(flat, clip)
+    full = slicing.scatter(flat, round_num, key)
+    cover = slicing.coverage(round_num, key)
+    return (tf.nest.pack_sequence_as(template, [weight * u for u in full]),
+            tf.nest.pack_sequence_as(template, [weight * c for c in cover]))
+
+  return scatter
+
+
+def count_average(total, counts, sum_scale: float = 1.0):
+  """Per coordinate ``sum_scale · total / counts`` (0 where counts = 0).
+
+  Returns:
+    (the mean, with `total`'s structure; the fraction of coordinates whose
+    count is 0, float32).
+  """
+  flat_t, flat_c = tf.nest.flatten(total), tf.nest.flatten(counts)
+  if sum_scale != 1.0:
+    flat_t = [t * sum_scale for t in flat_t]
+  mean = [tf.math.divide_no_nan(t, c) for t, c in zip(flat_t, flat_c)]
+  untrained = tf.add_n([tf.reduce_sum(tf.cast(c <= 0, tf.float32))
+                        for c in flat_c])
+  size = sum(int(np.prod(c.shape)) for c in flat_c)
+  return (tf.nest.pack_sequence_as(total, mean),
+          untrained / tf.constant(size, tf.float32))
+
+
 class ScatterMeanFactory(tff.aggregators.WeightedAggregationFactory):
   """Per-coordinate weighted mean of slice-shaped updates (module docstring).
 
@@ -196,32 +240,16 @@ class ScatterMeanFactory(tff.aggregators.WeightedAggregationFactory):
     self._sum_scale = float(sum_scale)
 
   def create(self, value_type, weight_type):
-    slicing, global_type = self._slicing, self._global_type
+    global_type = self._global_type
     sum_scale = self._sum_scale
     inner = self._inner.create(global_type)
     counter = counters.RoundCounter(1)
-    template = tff.types.structure_from_tensor_type_tree(
-        lambda t: 0, global_type)
-
-    @tff.tensorflow.computation(value_type, weight_type, np.int64, KEY_TYPE)
-    def scatter(value, weight, round_num, slot):
-      key = slicing.mask_key(slot[0])
-      full = slicing.scatter(tf.nest.flatten(value), round_num, key)
-      cover = slicing.coverage(round_num, key)
-      return (tf.nest.pack_sequence_as(template, [weight * u for u in full]),
-              tf.nest.pack_sequence_as(template, [weight * c for c in cover]))
+    scatter = _scatter_computation(self._slicing, value_type, weight_type,
+                                   global_type)
 
     @tff.tensorflow.computation(global_type, global_type)
-    def count_average(total, counts):
-      flat_t, flat_c = tf.nest.flatten(total), tf.nest.flatten(counts)
-      if sum_scale != 1.0:
-        flat_t = [t * sum_scale for t in flat_t]
-      mean = [tf.math.divide_no_nan(t, c) for t, c in zip(flat_t, flat_c)]
-      untrained = tf.add_n([tf.reduce_sum(tf.cast(c <= 0, tf.float32))
-                            for c in flat_c])
-      size = sum(int(np.prod(c.shape)) for c in flat_c)
-      return (tf.nest.pack_sequence_as(total, mean),
-              untrained / tf.constant(size, tf.float32))
+    def average(total, counts):
+      return count_average(total, counts, sum_scale)
 
     @tff.federated_computation()
     def init_fn():
@@ -234,7 +262,7 @@ class ScatterMeanFactory(tff.aggregators.WeightedAggregationFactory):
           scatter, (value, weight, round_at_clients, slot))
       out = inner.next(state.inner, weighted)
       mean, untrained = tff.federated_map(
-          count_average, (out.result, tff.federated_sum(counts)))
+          average, (out.result, tff.federated_sum(counts)))
       return tff.templates.MeasuredProcessOutput(
           state=tff.federated_zip(collections.OrderedDict(
               round=counter.next_at_server(state.round), inner=out.state)),
@@ -246,6 +274,157 @@ class ScatterMeanFactory(tff.aggregators.WeightedAggregationFactory):
         init_fn, aggregators.next_computation(
             init_fn.type_signature.result, value_type, weight_type,
             KEY_TYPE, body))
+
+
+def partial_sums_type(global_type) -> tff.StructType:
+  """`<total=global, counts=global>`: what `ScatterSumFactory` returns."""
+  return tff.to_type(collections.OrderedDict(total=global_type,
+                                             counts=global_type))
+
+
+class ScatterSumFactory(tff.aggregators.WeightedAggregationFactory):
+  """The numerator and denominator of `ScatterMeanFactory`, not divided.
+
+  For a round whose clients come in groups that cannot share one TFF call
+  (device tiers: each tier's slices have their own shapes), each group's
+  pass returns its *partial sums* on the global shape,
+
+    total_j  = Σ_i w_i m_ij u_ij      (through `inner`, an unweighted sum
+                                        factory: TFF's SumFactory or the
+                                        secure sum)
+    counts_j = Σ_i w_i m_ij           (a plain sum: masks and weights),
+
+  and one server computation adds the groups' partial sums, adds DP noise
+  once to the total and divides per coordinate (`combine_partial_sums`).
+  With `clip`, each client's slice update is scaled to L2 norm <= clip
+  before it is scattered (the DP record bound, on the client).
+
+  The created process takes `next(state, value, weight, key)` (key: the
+  client's slot, int32[1]) and returns `partial_sums_type(global_type)`;
+  measurements are `inner`'s standard figures.
+  """
+
+  def __init__(self, slicing: Slicing, global_type,
+               inner: tff.aggregators.UnweightedAggregationFactory = None,
+               clip: Optional[float] = None):
+    self._slicing = slicing
+    self._global_type = global_type
+    self._inner = inner or tff.aggregators.SumFactory()
+    self._clip = clip
+
+  def create(self, value_type, weight_type):
+    global_type = self._global_type
+    inner = self._inner.create(global_type)
+    counter = counters.RoundCounter(1)
+    scatter = _scatter_computation(self._slicing, value_type, weight_type,
+                                   global_type, self._clip)
+
+    @tff.federated_computation()
+    def init_fn():
+      return tff.federated_zip(collections.OrderedDict(
+          round=counter.initialize_at_server(), inner=inner.initialize()))
+
+    def body(state, value, weight, slot):
+      round_at_clients = tff.federated_broadcast(state.round)
+      weighted, counts = tff.federated_map(
+          scatter, (value, weight, round_at_clients, slot))
+      out = inner.next(state.inner, weighted)
+      return tff.templates.MeasuredProcessOutput(
+          state=tff.federated_zip(collections.OrderedDict(
+              round=counter.next_at_server(state.round), inner=out.state)),
+          result=tff.federated_zip(collections.OrderedDict(
+              total=out.result, counts=tff.federated_sum(counts))),
+          measurements=aggregators.measurements({}, inner, out.measurements))
+
+    return tff.templates.AggregationProcess(
+        init_fn, aggregators.next_computation(
+            init_fn.type_signature.result, value_type, weight_type,
+            KEY_TYPE, body))
+
+
+def combine_partial_sums(global_type, groups: int,
+                         noise: Optional[Callable] = None) -> tff.Computation:
+  """`(partial sums of each group) -> (mean update, untrained fraction)`.
+
+  Adds the groups' totals and counts in group order (one group: its own
+  values, no addition), passes the total through `noise` (DP: Gaussian
+  noise added once per round to the sum of every client's record), then
+  divides per coordinate (`count_average`).
+
+  Args:
+    global_type: The global trainable weights' type.
+    groups: How many partial sums a round has.
+    noise: Traced inside the computation: list of total tensors -> list of
+      noised tensors.
+  """
+  part_type = partial_sums_type(global_type)
+
+  @tff.tensorflow.computation(
+      tff.StructWithPythonType([part_type] * groups, tuple))
+  def combine(parts):
+    parts = list(parts)
+    totals = [tf.nest.flatten(p['total']) for p in parts]
+    counts = [tf.nest.flatten(p['counts']) for p in parts]
+    total = functools.reduce(lambda a, b: [x + y for x, y in zip(a, b)],
+                             totals)
+    count = functools.reduce(lambda a, b: [x + y for x, y in zip(a, b)],
+                             counts)
+    if noise is not None:
+      total = list(noise(total))
+    template = parts[0]['total']
+    return count_average(tf.nest.pack_sequence_as(template, total),
+                         tf.nest.pack_sequence_as(template, count))
+
+  return combine
+
+
+def compose_partial_pass(
+    distributor: tff.templates.MeasuredProcess,
+    client_work: tff.learning.templates.ClientWorkProcess,
+    aggregator: tff.templates.AggregationProcess,
+) -> tff.Computation:
+  """One group's part of a keyed round: distribute, train, partial sums.
+
+  ``pass(server, clients)`` with ``server = <weights, distributor,
+  client_work, aggregator>@SERVER`` (the global model and this group's
+  piece states) and, per client, ``<key=int32[1] slot, data>`` returns
+  ``<state=<distributor, client_work, aggregator>, partial, metrics=
+  <distributor, client_work, aggregator>>@SERVER``, where `partial` is the
+  aggregator's result (`ScatterSumFactory`'s partial sums). Every output is
+  at SERVER, so the remote-worker feed (`runtime/feed.py`) composes it like
+  a learning process's `next`.
+  """
+  weights_type = distributor.next.type_signature.parameter[1].member
+  client_data_type = client_work.next.type_signature.parameter[2].member
+  server_type = tff.FederatedType(collections.OrderedDict(
+      weights=weights_type,
+      distributor=distributor.initialize.type_signature.result.member,
+      client_work=client_work.initialize.type_signature.result.member,
+      aggregator=aggregator.initialize.type_signature.result.member),
+                                  tff.SERVER)
+  client_input_type = tff.FederatedType(
+      collections.OrderedDict(key=KEY_TYPE, data=client_data_type),
+      tff.CLIENTS)
+
+  @tff.federated_computation(server_type, client_input_type)
+  def pass_fn(server, client_input):
+    slots = client_input.key
+    dist_out = distributor.next(server.distributor, server.weights, slots)
+    cw_out = client_work.next(server.client_work, dist_out.result,
+                              client_input.data)
+    agg_out = aggregator.next(server.aggregator, cw_out.result.update,
+                              cw_out.result.update_weight, slots)
+    return tff.federated_zip(collections.OrderedDict(
+        state=tff.federated_zip(collections.OrderedDict(
+            distributor=dist_out.state, client_work=cw_out.state,
+            aggregator=agg_out.state)),
+        partial=agg_out.result,
+        metrics=tff.federated_zip(collections.OrderedDict(
+            distributor=dist_out.measurements,
+            client_work=cw_out.measurements,
+            aggregator=agg_out.measurements))))
+
+  return pass_fn
 
 
 def compose_keyed_learning_process(
