@@ -146,6 +146,7 @@ def build_tiered_training(ts: settings.TrainingSettings, task: task_lib.Task,
     slicing = tier_slicing.build_slicing(tiers.slicing, plan, ts.seed, index,
                                          ts.clients_per_round)
     pieces.append(tier_process.TierPieces(
+        slicing=slicing,
         distributor=keyed.build_keyed_distributor(
             model_weights_type, tier_type, slicing, ts.broadcast),
         client_work=registry.build_client_work(ts, tier_task, tier_type),

@@ -175,22 +175,15 @@ def build_keyed_distributor(
 
 
 def _scatter_computation(slicing: Slicing, value_type, weight_type,
-                         global_type, clip: Optional[float] = None):
-  """`(value, weight, round, slot) -> (w · scatter(value), w · coverage)`.
-
-  With `clip`, the slice-shaped value is first scaled to L2 norm <= clip
-  (on the client, before the scatter: the record a DP sum adds).
-  """
+                         global_type):
+  """`(value, weight, round, slot) -> (w · scatter(value), w · coverage)`."""
   template = tff.types.structure_from_tensor_type_tree(
       lambda t: 0, global_type)
 
   @tff.tensorflow.computation(value_type, weight_type, np.int64, KEY_TYPE)
   def scatter(value, weight, round_num, slot):
     key = slicing.mask_key(slot[0])
-    flat = tf.nest.flatten(value)
-    if clip is not None:
-      flat = bounded.clip_by_global_l2_norm(flat, clip)
-    full = slicing.scatter(flat, round_num, key)
+    full = slicing.scatter(tf.nest.flatten(value), round_num, key)
     cover = slicing.coverage(round_num, key)
     return (tf.nest.pack_sequence_as(template, [weight * u for u in full]),
             tf.nest.pack_sequence_as(template, [weight * c for c in cover]))
@@ -276,32 +269,34 @@ class ScatterMeanFactory(tff.aggregators.WeightedAggregationFactory):
             KEY_TYPE, body))
 
 
-def partial_sums_type(global_type) -> tff.StructType:
-  """`<total=global, counts=global>`: what `ScatterSumFactory` returns."""
-  return tff.to_type(collections.OrderedDict(total=global_type,
-                                             counts=global_type))
-
-
 class ScatterSumFactory(tff.aggregators.WeightedAggregationFactory):
   """The numerator and denominator of `ScatterMeanFactory`, not divided.
 
   For a round whose clients come in groups that cannot share one TFF call
   (device tiers: each tier's slices have their own shapes), each group's
-  pass returns its *partial sums* on the global shape,
+  pass returns its *partial sums* and one server computation adds the
+  groups' sums, adds DP noise once to the total and divides per coordinate
+  (`combine_partial_sums`). The partial sums, with their round:
 
-    total_j  = Σ_i w_i m_ij u_ij      (through `inner`, an unweighted sum
-                                        factory: TFF's SumFactory or the
-                                        secure sum)
-    counts_j = Σ_i w_i m_ij           (a plain sum: masks and weights),
+  * When every client of the group trains the same slice in a round
+    (`slicing.max_key == 0`: nested or per-round slices), the total stays
+    on the slice, ``total = Σ_i w_i u_i`` (slice-shaped; the server scatters
+    it once), and ``weights = [Σ_i w_i]``: the denominators are
+    ``weights[0] · coverage``. A tier's partial sums are then the size of
+    its model, not of the global one.
+  * Otherwise (one slice per client slot) ``total_j = Σ_i w_i m_ij u_ij`` on
+    the global shape and ``weights[k]`` = the weight of the client with
+    mask key k (0 if none), so the server recomputes the denominators
+    ``Σ_k weights[k] m_kj`` from the slices: they depend only on masks and
+    weights.
 
-  and one server computation adds the groups' partial sums, adds DP noise
-  once to the total and divides per coordinate (`combine_partial_sums`).
-  With `clip`, each client's slice update is scaled to L2 norm <= clip
-  before it is scattered (the DP record bound, on the client).
+  The total goes through `inner` (an unweighted sum factory: TFF's
+  SumFactory or the secure sum); the weights are a plain sum. With `clip`,
+  each client's slice update is scaled to L2 norm <= clip before it is
+  weighted (the DP record bound, on the client).
 
   The created process takes `next(state, value, weight, key)` (key: the
-  client's slot, int32[1]) and returns `partial_sums_type(global_type)`;
-  measurements are `inner`'s standard figures.
+  client's slot, int32[1]); measurements are `inner`'s standard figures.
   """
 
   def __init__(self, slicing: Slicing, global_type,
@@ -313,11 +308,25 @@ class ScatterSumFactory(tff.aggregators.WeightedAggregationFactory):
     self._clip = clip
 
   def create(self, value_type, weight_type):
-    global_type = self._global_type
-    inner = self._inner.create(global_type)
+    slicing, clip = self._slicing, self._clip
+    on_slice = slicing.max_key == 0
+    total_type = value_type if on_slice else self._global_type
+    inner = self._inner.create(total_type)
     counter = counters.RoundCounter(1)
-    scatter = _scatter_computation(self._slicing, value_type, weight_type,
-                                   global_type, self._clip)
+    keys = slicing.max_key + 1
+    template = tff.types.structure_from_tensor_type_tree(lambda t: 0,
+                                                         total_type)
+
+    @tff.tensorflow.computation(value_type, weight_type, np.int64, KEY_TYPE)
+    def weigh(value, weight, round_num, slot):
+      key = slicing.mask_key(slot[0])
+      flat = tf.nest.flatten(value)
+      if clip is not None:
+        flat = bounded.clip_by_global_l2_norm(flat, clip)
+      if not on_slice:
+        flat = slicing.scatter(flat, round_num, key)
+      return (tf.nest.pack_sequence_as(template, [weight * u for u in flat]),
+              tf.one_hot(key, keys, dtype=tf.float32) * weight)
 
     @tff.federated_computation()
     def init_fn():
@@ -326,14 +335,15 @@ class ScatterSumFactory(tff.aggregators.WeightedAggregationFactory):
 
     def body(state, value, weight, slot):
       round_at_clients = tff.federated_broadcast(state.round)
-      weighted, counts = tff.federated_map(
-          scatter, (value, weight, round_at_clients, slot))
+      weighted, by_key = tff.federated_map(
+          weigh, (value, weight, round_at_clients, slot))
       out = inner.next(state.inner, weighted)
       return tff.templates.MeasuredProcessOutput(
           state=tff.federated_zip(collections.OrderedDict(
               round=counter.next_at_server(state.round), inner=out.state)),
           result=tff.federated_zip(collections.OrderedDict(
-              total=out.result, counts=tff.federated_sum(counts))),
+              total=out.result, weights=tff.federated_sum(by_key),
+              round=state.round)),
           measurements=aggregators.measurements({}, inner, out.measurements))
 
     return tff.templates.AggregationProcess(
@@ -342,36 +352,55 @@ class ScatterSumFactory(tff.aggregators.WeightedAggregationFactory):
             KEY_TYPE, body))
 
 
-def combine_partial_sums(global_type, groups: int,
+def combine_partial_sums(global_type, slicings: Sequence[Slicing],
+                         part_types: Sequence,
                          noise: Optional[Callable] = None) -> tff.Computation:
   """`(partial sums of each group) -> (mean update, untrained fraction)`.
 
-  Adds the groups' totals and counts in group order (one group: its own
-  values, no addition), passes the total through `noise` (DP: Gaussian
-  noise added once per round to the sum of every client's record), then
-  divides per coordinate (`count_average`).
+  Scatters each group's total to the global shape and rebuilds its
+  denominators from its slices (`ScatterSumFactory`), adds the groups'
+  totals and counts in group order (one group: its own values, no
+  addition), passes the total through `noise` (DP: Gaussian noise added
+  once per round to the sum of every client's record), then divides per
+  coordinate (`count_average`).
 
   Args:
     global_type: The global trainable weights' type.
-    groups: How many partial sums a round has.
+    slicings: Each group's slicing.
+    part_types: Each group's partial-sums type (its pass's `partial`).
     noise: Traced inside the computation: list of total tensors -> list of
       noised tensors.
   """
-  part_type = partial_sums_type(global_type)
+  template = tff.types.structure_from_tensor_type_tree(lambda t: 0,
+                                                       global_type)
+
+  def global_parts(slicing: Slicing, part):
+    round_num, weights = part['round'], part['weights']
+    flat = tf.nest.flatten(part['total'])
+    if slicing.max_key == 0:
+      key = tf.constant(0, tf.int32)
+      return (slicing.scatter(flat, round_num, key),
+              [weights[0] * c for c in slicing.coverage(round_num, key)])
+    counts = None
+    for k in range(slicing.max_key + 1):
+      cover = slicing.coverage(round_num, tf.constant(k, tf.int32))
+      weighted = [weights[k] * c for c in cover]
+      counts = weighted if counts is None else [
+          a + b for a, b in zip(counts, weighted)]
+    return flat, counts
+
+  def add(a, b):
+    return [x + y for x, y in zip(a, b)]
 
   @tff.tensorflow.computation(
-      tff.StructWithPythonType([part_type] * groups, tuple))
+      tff.StructWithPythonType(list(part_types), tuple))
   def combine(parts):
-    parts = list(parts)
-    totals = [tf.nest.flatten(p['total']) for p in parts]
-    counts = [tf.nest.flatten(p['counts']) for p in parts]
-    total = functools.reduce(lambda a, b: [x + y for x, y in zip(a, b)],
-                             totals)
-    count = functools.reduce(lambda a, b: [x + y for x, y in zip(a, b)],
-                             counts)
+    totals, counts = zip(*[global_parts(s, p)
+                           for s, p in zip(slicings, parts)])
+    total = functools.reduce(add, totals)
+    count = functools.reduce(add, counts)
     if noise is not None:
       total = list(noise(total))
-    template = parts[0]['total']
     return count_average(tf.nest.pack_sequence_as(template, total),
                          tf.nest.pack_sequence_as(template, count))
 

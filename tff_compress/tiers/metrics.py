@@ -81,6 +81,8 @@ def summarize(training: tier_process.TieredTraining,
   for tier, count in zip(training.tiers, population(training)):
     col = lambda figure, name=tier.name: run_dir.tier_column(name, figure)
     client_rounds = _total(rows, col('clients'))
+    flops = sum(float(r[col('client_flops')]) * int(r[col('clients')])
+                for r in rows if r.get(col('client_flops')) not in (None, ''))
     accuracy[tier.name] = _last(rows, col('eval_accuracy'))
     tiers[tier.name] = {
         'share': tier.tier.share,
@@ -95,6 +97,7 @@ def summarize(training: tier_process.TieredTraining,
         'mean_bytes_up_per_client': (
             _total(rows, col('bytes_up')) / client_rounds
             if client_rounds else None),
+        'mean_client_flops': flops / client_rounds if client_rounds else None,
         'final_eval_accuracy': accuracy[tier.name],
         'final_eval_loss': _last(rows, col('eval_loss')),
     }

@@ -58,9 +58,10 @@ _SUMMED = ('bytes_up', 'zeroed')
 class TierPieces:
   """A tier's distributor, client work and partial-sum aggregator."""
 
+  slicing: keyed.Slicing
   distributor: tff.templates.MeasuredProcess
   client_work: tff.learning.templates.ClientWorkProcess
-  aggregator: tff.templates.AggregationProcess
+  aggregator: tff.templates.AggregationProcess  # keyed.ScatterSumFactory's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,16 +120,17 @@ class TieredProcess:
           finalizer.initialize()))
 
     self.initialize = init_fn
-    partial_type = self.passes[0].type_signature.result.member['partial']
-    combine = keyed.combine_partial_sums(weights_type.trainable,
-                                         len(pieces), noise)
+    part_types = [p.type_signature.result.member['partial']
+                  for p in self.passes]
+    combine = keyed.combine_partial_sums(
+        weights_type.trainable, [p.slicing for p in pieces], part_types,
+        noise)
 
     @tff.federated_computation(
         tff.FederatedType(weights_type, tff.SERVER),
         finalizer.initialize.type_signature.result,
-        tff.FederatedType(
-            tff.StructWithPythonType([partial_type] * len(pieces), tuple),
-            tff.SERVER))
+        tff.FederatedType(tff.StructWithPythonType(part_types, tuple),
+                          tff.SERVER))
     def finish(weights, finalizer_state, partials):
       mean, untrained = tff.federated_map(combine, partials)
       out = finalizer.next(finalizer_state, weights, mean)

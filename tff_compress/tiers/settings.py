@@ -5,10 +5,10 @@ sub-network of the global model: a fraction p of every hidden layer's
 units/filters (HeteroFL, Diao et al. 2021; FjORD, Horvath et al. 2021),
 optionally with per-layer fractions. `tiers.mix` lists the tiers:
 
-  'NAME:SHARE:WIDTH[:LAYER=P/LAYER=P...]' items separated by commas
+  'NAME:SHARE:WIDTH[:LAYER=P;LAYER=P...]' items separated by commas
 
 e.g. ``'high:1:1.0, mid:1:0.5, low:1:0.25'`` (three equal shares of the
-clients at widths 1, 1/2, 1/4) or ``'big:2:1.0, small:1:0.5:dense1=0.25'``.
+clients at widths 1, 1/2, 1/4) or ``'big:2:1.0, small:1:0.5:dense1=0.25;conv2=0.75'``.
 SHARE is a positive number or fraction ('1/3'), normalized over the tiers;
 WIDTH is p in (0, 1]; LAYER=P overrides p for one hidden layer. A layer of n
 units keeps k = ⌈p n⌉ of them (HeteroFL's rounding).
@@ -82,7 +82,7 @@ def parse_mix(text: str) -> tuple[Tier, ...]:
     parts = [p.strip() for p in item.split(':')]
     if len(parts) not in (3, 4) or not all(parts[:3]):
       raise TierSpecError(
-          f'tier {item!r} is not NAME:SHARE:WIDTH[:LAYER=P/LAYER=P], e.g. '
+          f'tier {item!r} is not NAME:SHARE:WIDTH[:LAYER=P;LAYER=P], e.g. '
           "'low:1:0.25' or 'low:1:0.5:dense1=0.25'")
     name = parts[0]
     if not _NAME.match(name):
@@ -98,11 +98,11 @@ def parse_mix(text: str) -> tuple[Tier, ...]:
                           '(0, 1]')
     per_layer = []
     if len(parts) == 4:
-      for override in filter(None, (o.strip() for o in parts[3].split('/'))):
+      for override in filter(None, (o.strip() for o in parts[3].split(';'))):
         layer, sep, value = override.partition('=')
         if not sep or not layer.strip():
           raise TierSpecError(f'tier {item!r} has {override!r}; expected '
-                              'LAYER=P items separated by /')
+                              'LAYER=P items separated by ;')
         p = _fraction(value, item, f'{layer.strip()} width')
         if not 0 < p <= 1:
           raise TierSpecError(f'tier {item!r} gives {override!r}; allowed: '
@@ -142,7 +142,7 @@ class TierSettings(s.Section):
 
   mix: str = s.field(
       '', s.string,
-      "device tiers 'NAME:SHARE:WIDTH[:LAYER=P/...]' separated by commas, "
+      "device tiers 'NAME:SHARE:WIDTH[:LAYER=P;...]' separated by commas, "
       "e.g. 'high:1:1.0,mid:1:0.5,low:1:0.25' ('' = no tiers)")
   slicing: str = s.field(
       'nested', s.choice(SLICINGS),
