@@ -193,12 +193,15 @@ class TieredProcess:
         aggregator[name] = sum(int(o.metrics['aggregator'][name])
                                for o in outs)
     aggregator['untrained_fraction'] = float(fin['untrained_fraction'])
+    client_work = collections.OrderedDict()
+    if all(isinstance(o.metrics['client_work'], Mapping) and
+           'train' in o.metrics['client_work'] for o in outs):
+      client_work['train'] = combine_train_metrics(
+          [o.metrics['client_work']['train'] for o in outs], clients)
     return collections.OrderedDict(
         distributor=collections.OrderedDict(bytes_down=sum(
             int(o.metrics['distributor']['bytes_down']) for o in outs)),
-        client_work=collections.OrderedDict(
-            train=combine_train_metrics(
-                [o.metrics['client_work']['train'] for o in outs], clients)),
+        client_work=client_work,
         aggregator=aggregator,
         finalizer=fin['measurements'],
         tiers=collections.OrderedDict(
