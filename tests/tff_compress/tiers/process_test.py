@@ -11,6 +11,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tests.tff_compress import run_utils
+from tests.tff_compress import runtime_testing
 from tests.tff_compress.learning import learning_testing
 from tff_compress.data import federated_data
 from tff_compress.faults import schedule
@@ -22,7 +23,6 @@ from tff_compress.models import flops
 from tff_compress.models import registry as model_registry
 from tff_compress.privacy import factories as dp_factories
 from tff_compress.runtime import feed as feed_lib
-from tff_compress.runtime import local as local_runtime
 from tff_compress.tiers import process as tier_process
 from tff_compress.tiers import rounds as tier_rounds
 from tff_compress.tiers import slicing as tier_slicing
@@ -167,19 +167,12 @@ def _expected_update(plans, clients, round_num=1):
           for s, d in zip(num, den)], den
 
 
-class TieredProcessTest(parameterized.TestCase):
+class TieredProcessTest(runtime_testing.LocalRuntimeTestCase):
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls.task = _task()
-    cls._ctx = local_runtime.local_context()
-    cls._ctx.__enter__()
-
-  @classmethod
-  def tearDownClass(cls):
-    cls._ctx.__exit__(None, None, None)
-    super().tearDownClass()
 
   @parameterized.named_parameters(('nested', 'nested'), ('random', 'random'),
                                   ('random_per_round', 'random_per_round'))
