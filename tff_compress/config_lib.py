@@ -35,6 +35,7 @@ from tff_compress.models import settings as model_settings
 from tff_compress.privacy import settings as privacy_settings
 from tff_compress.program import settings as program_settings
 from tff_compress.runtime import settings as runtime_settings
+from tff_compress.tiers import settings as tier_settings
 
 ConfigError = settings_lib.ConfigError
 
@@ -54,6 +55,7 @@ class Settings:
   dp: privacy_settings.DpSettings
   secagg: privacy_settings.SecAggSettings
   faults: fault_settings.FaultSettings
+  tiers: tier_settings.TierSettings
   gkt: gkt_settings.GktSettings
   runtime: runtime_settings.RuntimeSettings
 
@@ -71,12 +73,18 @@ SECTIONS: dict[str, type[settings_lib.Section]] = {
     'dp': privacy_settings.DpSettings,
     'secagg': privacy_settings.SecAggSettings,
     'faults': fault_settings.FaultSettings,
+    'tiers': tier_settings.TierSettings,
     'gkt': gkt_settings.GktSettings,
     'runtime': runtime_settings.RuntimeSettings,
 }
 
 # Sections saying where a run executes; not part of its identity.
 EXECUTION_SECTIONS = (runtime_settings.RuntimeSettings.SECTION,)
+
+# Sections added after runs were recorded: left out of a config's identity
+# while every key is at its default, so a run that does not use them keeps
+# its hash, its run directory and its `config.json` (resume, sweep cells).
+OPTIONAL_SECTIONS = (tier_settings.TierSettings,)
 
 
 def _node(config: ml_collections.ConfigDict, section: str):
@@ -158,9 +166,13 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
 
 def identity(config: ml_collections.ConfigDict) -> dict:
-  """The config without :data:`EXECUTION_SECTIONS`: what the run computes."""
+  """What the run computes: the config without :data:`EXECUTION_SECTIONS`
+  and without :data:`OPTIONAL_SECTIONS` left at their defaults."""
+  unused = {cls.SECTION for cls in OPTIONAL_SECTIONS
+            if all(config[cls.SECTION][f.name] == f.default
+                   for f in cls.keys())}
   return {k: v for k, v in config.to_dict().items()
-          if k not in EXECUTION_SECTIONS}
+          if k not in EXECUTION_SECTIONS and k not in unused}
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:

@@ -328,8 +328,60 @@ def aggregate(cells: Sequence[Cell], summaries: Sequence[dict]) -> list[dict]:
         'delta': float(configs[(grid, overrides)].dp.delta) if eps else None,
         'wall_seconds': _mean([s['cell_wall_seconds'] for s in runs]),
         'mean_round_seconds': _mean([s['mean_round_seconds'] for s in runs]),
+        **_tier_figures(runs),
     })
   return rows
+
+
+# Per device tier (`tiers.*` cells), from summary.json's `tiers`.
+_TIER_FIGURES = (('accuracy', 'final_eval_accuracy'),
+                 ('bytes_down_per_client_round', 'mean_bytes_down_per_client'),
+                 ('bytes_up_per_client_round', 'mean_bytes_up_per_client'),
+                 ('client_flops_per_round', 'mean_client_flops'))
+
+
+def _tier_figures(runs: Sequence[dict]) -> dict:
+  """`tier_<name>_<figure>` means over seeds (accuracy: mean and std)."""
+  out = {}
+  for name in (runs[0].get('tiers') or {}):
+    for figure, key in _TIER_FIGURES:
+      values = [s['tiers'][name][key] for s in runs
+                if s['tiers'][name][key] is not None]
+      if figure == 'accuracy':
+        out[f'tier_{name}_accuracy_mean'] = _mean(values) if values else None
+        out[f'tier_{name}_accuracy_std'] = _std(values)
+      else:
+        out[f'tier_{name}_{figure}'] = _mean(values) if values else None
+  return out
+
+
+def tier_lines(rows: Sequence[dict]) -> list[str]:
+  """Markdown: each tier's deployed-model accuracy, bytes and FLOPs per
+  client-round, for the rows of `tiers.*` cells (none: no lines)."""
+  tiered = [r for r in rows if any(k.startswith('tier_') for k in r)]
+  if not tiered:
+    return []
+  out = ['', 'Device tiers: accuracy of each tier\'s deployed model, and '
+         'what one of its clients receives, sends and computes per round:',
+         '', '| setting | tier | accuracy | down B/client-round | '
+         'up B/client-round | MFLOPs/client-round |', '|---|---|---|---|---|---|']
+  for row in tiered:
+    names = [k[len('tier_'):-len('_accuracy_mean')] for k in row
+             if k.startswith('tier_') and k.endswith('_accuracy_mean')]
+    for name in names:
+      def fig(figure, row=row, name=name):
+        return row.get(f'tier_{name}_{figure}')
+      acc = fig('accuracy_mean')
+      acc_text = '—' if acc is None else f'{acc:.4f}'
+      if acc is not None and row['seeds'] > 1:
+        acc_text += f' ± {fig("accuracy_std"):.4f}'
+      cells = [f'{v:,.0f}' if v is not None else '—' for v in (
+          fig('bytes_down_per_client_round'), fig('bytes_up_per_client_round'))]
+      flops = fig('client_flops_per_round')
+      cells.append('—' if flops is None else f'{flops / 1e6:,.1f}')
+      out.append(f'| {row["setting"]} | {name} | {acc_text} | '
+                 + ' | '.join(cells) + ' |')
+  return out
 
 
 def _mean(xs):
@@ -400,6 +452,7 @@ def write_results(rows: Sequence[dict], sweep_dir: str) -> None:
         f'{row["up_ratio_vs_baseline"]:.1f} | '
         f'{1 / row["client_flops_ratio_vs_baseline"]:.2f} | {eps} | '
         f'{row["mean_round_seconds"]:.2f} |')
+  lines.extend(tier_lines(rows))
   lines.extend(frontier_lines(rows))
   with open(os.path.join(sweep_dir, 'results.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')

@@ -143,6 +143,25 @@ class RemoteWorkersTest(absltest.TestCase):
       np.testing.assert_allclose(float(b['train_loss']),
                                  float(a['train_loss']), rtol=1e-5)
 
+  def test_device_tiers_on_workers_match_local(self):
+    # One computation per tier (and a tier without clients) split across
+    # the workers, and each tier's deployed model evaluated there.
+    tmp = self.create_tempdir().full_path
+    overrides = {'rounds': 2, 'eval_every': 2,
+                 'tiers.mix': 'big:1:1.0, mid:1:0.5, low:1:0.25'}
+    simulate_lib.run(_config(**overrides), os.path.join(tmp, 'a'),
+                     out=io.StringIO())
+    simulate_lib.run(_config(self.targets, self.data_dir, **overrides),
+                     os.path.join(tmp, 'b'), out=io.StringIO())
+    for a, b in zip(_rows(os.path.join(tmp, 'a')),
+                    _rows(os.path.join(tmp, 'b'))):
+      for key in a:
+        if key.endswith(('clients', 'bytes_down', 'bytes_up', 'flops')):
+          self.assertEqual(a[key], b[key], key)
+        elif key.endswith(('loss', 'accuracy')) and a[key]:
+          np.testing.assert_allclose(float(b[key]), float(a[key]),
+                                     rtol=1e-4, err_msg=key)
+
   def test_worker_without_the_data_is_named(self):
     other = store_lib.Store('f' * 16, (28, 28, 1), 20, 1000, '/elsewhere')
     with remote.remote_context(self.targets.split(',')) as cluster:

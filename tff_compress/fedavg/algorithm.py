@@ -27,10 +27,13 @@ from tff_compress.fedavg import settings as fedavg_settings
 from tff_compress.learning import task as task_lib
 from tff_compress.privacy import accounting
 from tff_compress.program import algorithm as algorithm_lib
+from tff_compress.program import run_dir
 from tff_compress.program import sampling
 from tff_compress.runtime import feed as feed_lib
 from tff_compress.runtime import local as local_runtime
 from tff_compress.runtime import remote as remote_runtime
+from tff_compress.tiers import metrics as tier_metrics
+from tff_compress.tiers import rounds as tier_rounds
 
 EVAL_BATCH = 100
 
@@ -61,7 +64,18 @@ class FedAvg(algorithm_lib.Algorithm):
     self._sizes = [data.client_size(c) for c in data.client_ids]
     self.task = task_lib.build_task(settings.model.name, data,
                                     seed=self._run.seed)
-    self.training = process_lib.build_training(self._ts, self.task)
+    # Device tiers: one pass per tier, and each tier's deployed model is
+    # evaluated too (`tiers/`).
+    self.tiered = self._ts.tiers.active
+    if self.tiered:
+      self.training = process_lib.build_tiered_training(
+          self._ts, self.task, len(data.client_ids))
+      self.tier_evaluations = tuple(process_lib.build_evaluation(t.task)
+                                    for t in self.training.tiers)
+    else:
+      self.training = process_lib.build_training(self._ts, self.task)
+      self.tier_evaluations = ()
+    self._tier_evals_in_use = self.tier_evaluations
     self.evaluation = process_lib.build_evaluation(self.task)
     self._eval_data = eval_datasets(data, self._run.eval_clients)
     self._feed: Optional[feed_lib.WorkerFeed] = None
@@ -86,7 +100,16 @@ class FedAvg(algorithm_lib.Algorithm):
 
   @property
   def client_model_params(self) -> int:
+    if self.tiered:
+      return tier_metrics.mean_client_params(self.training)
     return self.training.client_task.num_params
+
+  @property
+  def metrics_columns(self) -> tuple[str, ...]:
+    if self.tiered:
+      return run_dir.METRICS_COLUMNS + run_dir.tier_columns(
+          self.training.names)
+    return run_dir.METRICS_COLUMNS
 
   def describe(self) -> str:
     d, task = self._data, self.task
@@ -95,8 +118,11 @@ class FedAvg(algorithm_lib.Algorithm):
         f'train / {len(d.test_y)} test examples | model '
         f'{self._settings.model.name}: {task.num_params:,} params, '
         f'{task.train_flops_per_example / 1e6:.2f} MFLOPs/example to train']
-    plan = self.training.plan
-    if plan is not None:
+    if self.tiered:
+      lines.extend(tier_metrics.describe(self.training, self.task,
+                                         self._ts.tiers))
+    elif self.training.plan is not None:
+      plan = self.training.plan
       sub = self.training.client_task
       lines.append(
           f'federated dropout ({self._ts.dropout.mask} masks): clients train '
@@ -128,10 +154,15 @@ class FedAvg(algorithm_lib.Algorithm):
           batch_size=self._ts.client.batch_size,
           epochs=self._ts.client.epochs,
           eval_clients=self._run.eval_clients, eval_batch_size=EVAL_BATCH)
+      self._tier_evals_in_use = tuple(
+          feed_lib.DescriptorProcess(e, feed_lib.evaluation_next(
+              e.next, store, batch_size=EVAL_BATCH))
+          for e in self.tier_evaluations)
       try:
         yield
       finally:
         self._feed = None
+        self._tier_evals_in_use = self.tier_evaluations
 
   @property
   def _training(self) -> process_lib.Training:
@@ -162,6 +193,8 @@ class FedAvg(algorithm_lib.Algorithm):
     training = self._training
     epochs = self._ts.client.epochs
     examples = [epochs * self._sizes[i] for i in picked]
+    if self.tiered:
+      return self._run_tiered_round(state, round_num, picked, examples)
     flops = [n * training.client_task.train_flops_per_example
              for n in examples]
     # Who reports (faults/schedule.py); only they enter process.next.
@@ -180,16 +213,37 @@ class FedAvg(algorithm_lib.Algorithm):
         **fault_rounds.columns(plan),
     })
 
+  def _run_tiered_round(self, state, round_num: int, picked: np.ndarray,
+                        examples: Sequence[int]) -> algorithm_lib.RoundResult:
+    """A device-tier round: per-tier passes, per-tier columns."""
+    training = self._training
+    plan = fault_schedule.plan_round(
+        self._ts.faults, self._run.seed, round_num, picked, examples,
+        self._run.clients_per_round)
+    tiered = tier_rounds.run_round(training, state, plan,
+                                   self._client_data(round_num, picked))
+    outcome = tiered.outcome
+    return algorithm_lib.RoundResult(outcome.state, {
+        'train_loss': outcome.train_metric('loss'),
+        'train_accuracy': outcome.train_metric('accuracy'),
+        'bytes_down': outcome.bytes_down,
+        'bytes_up': outcome.bytes_up,
+        'zeroed': outcome.zeroed,
+        **fault_rounds.columns(plan),
+        **tier_metrics.round_columns(training, tiered, examples),
+    })
+
   def evaluate(self, state) -> tuple[dict, dict]:
     evaluation = self._feed.evaluation if self._feed else self.evaluation
     data = self._feed.eval_descriptors if self._feed else self._eval_data
-    eval_state = evaluation.set_model_weights(
-        evaluation.initialize(),
-        self._training.process.get_model_weights(state))
-    current = evaluation.next(eval_state, data).metrics['client_work'][
-        'eval']['current_round_metrics']
-    return {'eval_loss': float(current['loss']),
-            'eval_accuracy': float(current['accuracy'])}, {}
+    weights = self._training.process.get_model_weights(state)
+    row = _evaluate(evaluation, weights, data)
+    for tier, tier_eval in zip(self.training.tiers if self.tiered else (),
+                               self._tier_evals_in_use):
+      figures = _evaluate(tier_eval, tier.deployed(weights), data)
+      for key, value in figures.items():
+        row[run_dir.tier_column(tier.name, key)] = value
+    return row, {}
 
   def epsilon(self, round_num: int,
               participations: np.ndarray) -> Optional[float]:
@@ -214,7 +268,18 @@ class FedAvg(algorithm_lib.Algorithm):
       })
     if self._ts.faults.active:
       out['faults'] = fault_rounds.summarize(rows)
+    if self.tiered:
+      out.update(tier_metrics.summarize(self.training, rows))
     return out
+
+
+def _evaluate(evaluation, weights, data) -> dict:
+  """`eval_loss`/`eval_accuracy` of `weights` on the evaluation clients."""
+  eval_state = evaluation.set_model_weights(evaluation.initialize(), weights)
+  current = evaluation.next(eval_state, data).metrics['client_work'][
+      'eval']['current_round_metrics']
+  return {'eval_loss': float(current['loss']),
+          'eval_accuracy': float(current['accuracy'])}
 
 
 def build(settings, data: federated_data.FederatedData) -> FedAvg:

@@ -15,6 +15,10 @@ from tff_compress.fedavg import registry
 from tff_compress.fedavg import settings
 from tff_compress.learning import keyed
 from tff_compress.learning import task as task_lib
+from tff_compress.privacy import factories as dp_factories
+from tff_compress.tiers import assignment as tier_assignment
+from tff_compress.tiers import process as tier_process
+from tff_compress.tiers import slicing as tier_slicing
 
 
 def build_initial_weights_fn(task: task_lib.Task) -> tff.Computation:
@@ -112,9 +116,67 @@ def build_dropout_learning_process(
   return process, sub_task
 
 
+def build_tiered_training(ts: settings.TrainingSettings, task: task_lib.Task,
+                          num_clients: int) -> tier_process.TieredTraining:
+  """Device tiers (`tiers.*`): each tier trains its slice of `task`'s model.
+
+  Per tier, the same pieces as Federated Dropout's, on the tier's model: the
+  keyed distributor of the tier's slicing, the configured client work, and
+  the registry's aggregator around `keyed.ScatterSumFactory` (partial sums);
+  the server step adds the tiers' sums, the DP noise (`dp.mode=user`) once,
+  divides per coordinate and applies the server optimizer
+  (`tiers/process.py`).
+
+  Args:
+    ts: The training settings (`ts.tiers.active`).
+    task: The global model's task.
+    num_clients: The clients the run samples from (tiers are assigned over
+      them).
+  """
+  tiers = ts.tiers
+  initial_weights_fn = build_initial_weights_fn(task)
+  model_weights_type = initial_weights_fn.type_signature.result
+  model = task.keras_model_fn()
+  models, pieces = [], []
+  for index, tier in enumerate(tiers.tiers):
+    plan = tier_slicing.tier_plan(model, tier)
+    tier_task = task.with_widths(plan.widths,
+                                 plan.scales if tiers.rescale else None)
+    tier_type = build_initial_weights_fn(tier_task).type_signature.result
+    slicing = tier_slicing.build_slicing(tiers.slicing, plan, ts.seed, index,
+                                         ts.clients_per_round)
+    pieces.append(tier_process.TierPieces(
+        slicing=slicing,
+        distributor=keyed.build_keyed_distributor(
+            model_weights_type, tier_type, slicing, ts.broadcast),
+        client_work=registry.build_client_work(ts, tier_task, tier_type),
+        aggregator=registry.build_aggregator(
+            ts, slicing, model_weights_type.trainable, partial=True).create(
+                tier_type.trainable, tff.TensorType(np.float32))))
+    models.append(tier_process.TierModel(
+        tier, index, plan, tier_task,
+        tier_slicing.deployed_units(tiers.slicing, plan, ts.seed)))
+  finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
+      registry.build_server_optimizer(ts.server), model_weights_type)
+  noise = dp_factories.gaussian_noise(ts.dp) if ts.dp.user_level else None
+  process = tier_process.TieredProcess(
+      initial_weights_fn, [m.name for m in models], pieces, finalizer, noise)
+  names = [m.name for m in models]
+  return tier_process.TieredTraining(
+      process, tuple(models),
+      tier_assignment.assign_tiers(num_clients,
+                                   [t.share for t in tiers.tiers], ts.seed),
+      injects_faults=ts.faults.poisons,
+      train_only=(names.index(tiers.train_only) if tiers.train_only
+                  else None))
+
+
 def build_training(ts: settings.TrainingSettings,
                    task: task_lib.Task) -> Training:
-  """The learning process of `ts`, with or without Federated Dropout."""
+  """The learning process of `ts`, with or without Federated Dropout
+  (device tiers: `build_tiered_training`)."""
+  if ts.tiers.active:
+    raise ValueError('tiers.* is set: build it with build_tiered_training')
   plan = dropout_plan(ts, task)
   injects = ts.faults.poisons
   if plan is None:

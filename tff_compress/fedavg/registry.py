@@ -96,7 +96,7 @@ def build_distributor(ts: settings.TrainingSettings, model_weights_type):
 
 def build_aggregator(
     ts: settings.TrainingSettings, slicing: Optional[keyed.Slicing] = None,
-    global_type=None, *, untrusted: bool = False,
+    global_type=None, *, untrusted: bool = False, partial: bool = False,
 ) -> tff.aggregators.WeightedAggregationFactory:
   """Weighted mean of updates, through the `uplink.*` codec if it compresses.
 
@@ -117,10 +117,24 @@ def build_aggregator(
   decoded-norm bound); with slices the client clips and bounded-encodes its
   slice update and the DP noise is added to the scattered sum. With
   `secagg.enabled` the sum is the secure quantized sum.
+
+  With `partial` (device tiers: one pass per tier, `tiers/process.py`) the
+  slices' mean is `keyed.ScatterSumFactory`: the pass returns its partial
+  sums and the server step adds the DP noise once to all tiers' total, so
+  there is no DP factory here; the client clips its slice update to
+  `dp.clip` (under the decoded-norm bound when a codec encodes it).
   """
   dp, secagg = ts.dp, ts.secagg
   k = ts.clients_per_round
-  if slicing is None:
+  if partial and slicing is None:
+    raise ValueError('partial sums need a slicing')
+  if partial:
+    record_clip = float(dp.clip) if dp.user_level else None
+    total = (secure.SecureQuantizedSumFactory.from_settings(
+        secagg, ts.seed, l2_bound=record_clip) if secagg.enabled else None)
+    mean = keyed.ScatterSumFactory(slicing, global_type, total,
+                                   clip=record_clip)
+  elif slicing is None:
     if dp.user_level:  # (always zeroes)
       return dp_factories.build_user_dp_aggregator(
           dp, secagg, ts.uplink, seed=ts.seed, clients_per_round=k)

@@ -35,6 +35,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
+import tensorflow_privacy as tfp
 
 from tff_compress.encoders import bounded
 from tff_compress.encoders import chain as chain_lib
@@ -215,6 +216,31 @@ def dp_query(dp: settings.DpSettings, clients_per_round: int):
     preset = preset_cls.gaussian_fixed(
         noise_multiplier=sigma, clients_per_round=k, clip=float(dp.clip))
   return preset._query  # pylint: disable=protected-access
+
+
+def gaussian_noise(dp: settings.DpSettings):
+  """Adds DP-FedAvg's noise N(0, (σC)²) to every coordinate of a sum.
+
+  For a sum of clipped records computed outside TFF's DP factory (device
+  tiers sum each tier's records in its own pass, `tiers/process.py`): the
+  same Gaussian query as `gaussian_fixed`'s (tensorflow-privacy's
+  `GaussianSumQuery` with stddev σC), added once. Unseeded, as TFF's.
+
+  Returns:
+    A function list of float tensors -> list of noised tensors, to trace
+    inside a TFF computation.
+  """
+  if dp.adaptive:
+    raise ValueError('gaussian_noise is for a fixed clip (dp.adaptive off)')
+  query = tfp.GaussianSumQuery(l2_norm_clip=float(dp.clip),
+                               stddev=float(dp.clip * dp.noise_multiplier))
+
+  def noise(total):
+    noised, _, _ = query.get_noised_result(list(total),
+                                           query.initial_global_state())
+    return noised
+
+  return noise
 
 
 # Where TFF's DP factory reports the standard figures.

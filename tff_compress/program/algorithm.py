@@ -18,6 +18,8 @@ from typing import Any, ContextManager, Optional, Sequence
 
 import numpy as np
 
+from tff_compress.program import run_dir
+
 
 @dataclasses.dataclass
 class RoundResult:
@@ -57,6 +59,12 @@ class Algorithm(abc.ABC):
   def client_model_params(self) -> int:
     """Parameters of the model a client trains."""
     return self.model_params
+
+  @property
+  def metrics_columns(self) -> tuple[str, ...]:
+    """The `metrics.csv` columns of this run (the standard ones and any the
+    configuration adds, e.g. per device tier)."""
+    return run_dir.METRICS_COLUMNS
 
   @abc.abstractmethod
   def describe(self) -> str:

@@ -71,7 +71,8 @@ def run(
     The summary dict also written to `summary.json`.
   """
   rs = run_settings
-  metrics_csv = run_dir_lib.MetricsCsv(run_dir.path('metrics.csv'))
+  metrics_csv = run_dir_lib.MetricsCsv(run_dir.path('metrics.csv'),
+                                       algorithm.metrics_columns)
   checkpoints = checkpoints_lib.Checkpoints(run_dir.path('checkpoints'))
   print(f'run dir {run_dir.root}\n{algorithm.describe()}', file=out,
         flush=True)

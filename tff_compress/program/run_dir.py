@@ -29,6 +29,22 @@ METRICS_COLUMNS = (
     'skipped',
 )
 
+# Device tiers (tff_compress/tiers/), per tier name: its clients taking part
+# in the round, the bytes they received / sent, the mean training FLOPs per
+# such client (empty if none), and its deployed model's evaluation.
+TIER_COLUMNS = ('clients', 'bytes_down', 'bytes_up', 'client_flops',
+                'eval_loss', 'eval_accuracy')
+
+
+def tier_column(tier: str, figure: str) -> str:
+  """`tier_<tier>_<figure>`, e.g. 'tier_low_eval_accuracy'."""
+  return f'tier_{tier}_{figure}'
+
+
+def tier_columns(tiers: Sequence[str]) -> tuple[str, ...]:
+  """The `metrics.csv` columns a run with these tiers adds."""
+  return tuple(tier_column(t, f) for t in tiers for f in TIER_COLUMNS)
+
 
 class RunDirError(ValueError):
   """The run directory cannot be used for this config."""
@@ -210,7 +226,10 @@ def plot_curves(csv_path: str, png_path: str, title: str) -> None:
     pts = [(int(r['round']), float(r[key])) for r in rows if r.get(key)]
     return [p[0] for p in pts], [p[1] for p in pts]
 
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  tiers = [c[len('tier_'):-len('_eval_accuracy')] for c in rows[0]
+           if c.startswith('tier_') and c.endswith('_eval_accuracy')]
+  fig, axes = plt.subplots(1, 4 if tiers else 3,
+                           figsize=(20 if tiers else 15, 4))
   for key, style in (('train_loss', '-'), ('eval_loss', 'o-')):
     axes[0].plot(*series(key), style, label=key)
   axes[0].set_xlabel('round')
@@ -227,6 +246,14 @@ def plot_curves(csv_path: str, png_path: str, title: str) -> None:
   axes[2].set_xlabel('round')
   axes[2].set_ylabel('MB per round (all sampled clients)')
   axes[2].legend()
+  if tiers:
+    axes[3].plot(*series('eval_accuracy'), 'o-', label='global model')
+    for tier in tiers:
+      axes[3].plot(*series(tier_column(tier, 'eval_accuracy')), 'o-',
+                   label=f'tier {tier}')
+    axes[3].set_xlabel('round')
+    axes[3].set_ylabel('eval accuracy of the deployed model')
+    axes[3].legend()
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(png_path, dpi=80)

@@ -190,13 +190,21 @@ class WorkerFeed:
             epochs: int, eval_clients: int,
             eval_batch_size: int) -> 'WorkerFeed':
     """Composes the processes of a run with the worker-side builders."""
-    train_next = training_next(training.process.next, store,
-                               batch_size=batch_size, epochs=epochs)
+
+    def compose(next_fn):
+      return training_next(next_fn, store, batch_size=batch_size,
+                           epochs=epochs)
+
+    if hasattr(training.process, 'compose_client_data'):
+      # Device tiers: one computation per tier (`tiers/process.py`).
+      process = training.process.compose_client_data(compose)
+    else:
+      process = DescriptorProcess(training.process,
+                                  compose(training.process.next))
     eval_next = evaluation_next(evaluation.next, store,
                                 batch_size=eval_batch_size)
     return cls(
-        training=dataclasses.replace(
-            training, process=DescriptorProcess(training.process, train_next)),
+        training=dataclasses.replace(training, process=process),
         evaluation=DescriptorProcess(evaluation, eval_next),
         eval_descriptors=[
             store_lib.eval_descriptor(a, b)

@@ -1,11 +1,13 @@
 """One contract for every aggregation factory the registry can build.
 
 For each combination of uplink codec, zeroing (client faults), DP-FedAvg
-(fixed and adaptive clipping), secure aggregation and Federated Dropout
-slices that `fedavg.registry.build_aggregator` can return:
+(fixed and adaptive clipping), secure aggregation, Federated Dropout
+slices and device tiers' partial sums that `fedavg.registry.build_aggregator`
+can return:
 
 * types: `create(value_type, float32)` binds, `next` returns a value of
-  `value_type` (the mean update, global shape);
+  `value_type` (the mean update, global shape; a tier's partial sums, which
+  `keyed.combine_partial_sums` divides);
 * the measurement schema: `bytes_up` (int64, > 0) at the top level, every
   other standard name with its standard dtype, `zeroed` exactly when a
   stage zeroes;
@@ -33,6 +35,9 @@ from tff_compress.dropout import submodel
 from tff_compress.fedavg import process
 from tff_compress.fedavg import registry
 from tff_compress.learning import aggregators
+from tff_compress.learning import keyed
+from tff_compress.tiers import settings as tier_settings
+from tff_compress.tiers import slicing as tier_slicing
 
 _DTYPES = {'bytes_up': np.int64, 'zeroed': np.int32,
            'bound_scale': np.float32, 'clip': np.float32,
@@ -163,6 +168,53 @@ class AggregatorContractTest(runtime_testing.LocalRuntimeTestCase):
       for r, n, d in zip(result, num, den):
         np.testing.assert_allclose(
             r, np.where(d > 0, n / np.maximum(d, 1e-30), 0), atol=1e-6)
+
+
+  @parameterized.product(
+      name=('mean', 'codec', 'faults_codec', 'dp_fixed', 'dp_fixed_codec',
+            'secagg', 'dp_secagg'),
+      kind=('nested', 'random'))
+  def test_tier_partial_sums(self, name, kind):
+    """Device tiers' partial-sum aggregators (`partial=True`) and the server
+    step that divides them: the same per-coordinate mean."""
+    ts = _training(_CASES[name])
+    model = self.task.keras_model_fn()
+    (tier,) = tier_settings.parse_mix('t:1:0.5')
+    plan = tier_slicing.tier_plan(model, tier)
+    slicing = tier_slicing.build_slicing(kind, plan, _SEED, 0, _K)
+    global_type = self.mw_type.trainable
+    sub_type = tff.StructWithPythonType(
+        [tff.TensorType(np.float32, s) for s in plan.sub_shapes()], list)
+    agg = registry.build_aggregator(ts, slicing, global_type,
+                                    partial=True).create(
+                                        sub_type, tff.TensorType(np.float32))
+    values, weights = _inputs(sub_type)
+    slots = [np.array([k], np.int32) for k in range(_K)]
+    out = agg.next(agg.initialize(), values, weights, slots)
+    self._check_schema(out.measurements, name in _ZEROES)
+    part_type = agg.next.type_signature.result.result.member
+    mean, untrained = keyed.combine_partial_sums(
+        global_type, [slicing], [part_type])((out.result,))
+    num = [np.zeros(t.shape) for t in global_type]
+    den = [np.zeros(t.shape) for t in global_type]
+    for k, (v, w) in enumerate(zip(values, weights)):
+      key = slicing.mask_key(tf.constant(k))
+      for j, (u, c) in enumerate(zip(slicing.scatter(v, 1, key),
+                                     slicing.coverage(1, key))):
+        num[j] += w * np.asarray(u)
+        den[j] += w * np.asarray(c)
+    untrained_share = (sum(int((d == 0).sum()) for d in den) /
+                       sum(d.size for d in den))
+    self.assertAlmostEqual(float(untrained), untrained_share, places=6)
+    if name in _EXACT:
+      # 16-bit secure codes over [-1, 1], three clients per coordinate.
+      tol = 3.0 / 32767 if 'secagg' in name else 1e-6
+      for r, n, d in zip(mean, num, den):
+        np.testing.assert_allclose(
+            np.asarray(r), np.where(d > 0, n / np.maximum(d, 1e-30), 0),
+            atol=tol)
+    else:
+      self.assertTrue(all(np.isfinite(np.asarray(r)).all() for r in mean))
 
 
 class ToolkitTest(runtime_testing.LocalRuntimeTestCase):
