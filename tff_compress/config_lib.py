@@ -32,6 +32,7 @@ from tff_compress.faults import settings as fault_settings
 from tff_compress.fedavg import settings as fedavg_settings
 from tff_compress.gkt import settings as gkt_settings
 from tff_compress.models import settings as model_settings
+from tff_compress.personalization import settings as personal_settings
 from tff_compress.privacy import settings as privacy_settings
 from tff_compress.program import settings as program_settings
 from tff_compress.runtime import settings as runtime_settings
@@ -55,6 +56,8 @@ class Settings:
   secagg: privacy_settings.SecAggSettings
   faults: fault_settings.FaultSettings
   gkt: gkt_settings.GktSettings
+  personalization: personal_settings.PersonalizationSettings
+  fedper: personal_settings.FedPerSettings
   runtime: runtime_settings.RuntimeSettings
 
 
@@ -72,6 +75,8 @@ SECTIONS: dict[str, type[settings_lib.Section]] = {
     'secagg': privacy_settings.SecAggSettings,
     'faults': fault_settings.FaultSettings,
     'gkt': gkt_settings.GktSettings,
+    'personalization': personal_settings.PersonalizationSettings,
+    'fedper': personal_settings.FedPerSettings,
     'runtime': runtime_settings.RuntimeSettings,
 }
 
