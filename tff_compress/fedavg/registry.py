@@ -10,10 +10,6 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import tensorflow_federated as tff
-# TFF 0.87 exports FedProx only as a whole process
-# (tff.learning.algorithms.build_weighted_fed_prox); its client work, the
-# piece that composes with our distributors and aggregators, lives here.
-from tensorflow_federated.python.learning.templates import proximal_client_work
 
 from tff_compress.encoders import settings as codec_settings
 from tff_compress.faults import client_work as fault_client_work
@@ -21,6 +17,7 @@ from tff_compress.fedavg import settings
 from tff_compress.learning import aggregators
 from tff_compress.learning import distributors
 from tff_compress.learning import keyed
+from tff_compress.learning import proximal
 from tff_compress.privacy import dpsgd
 from tff_compress.privacy import factories as dp_factories
 from tff_compress.privacy import secure
@@ -53,19 +50,18 @@ def _fedprox_client_work(ts: settings.TrainingSettings, task,
                          model_weights_type):
   """FedProx (Li et al. 2020): local SGD on the loss plus (mu/2)·‖w − w₀‖².
 
-  TFF's proximal client work (the one `build_weighted_fed_prox` composes):
-  each step adds mu·(w − w₀) to the gradient, w₀ the weights the client
-  received. mu = `client.proximal_strength`; mu = 0 is `sgd`'s update.
+  Each step adds mu·(w − w₀) to the gradient, w₀ the weights the client
+  received; mu = `client.proximal_strength`, mu = 0 is `sgd` bit for bit.
+  (`learning/proximal.py`; TFF 0.87's own proximal client work has the
+  term's sign inverted.)
   """
-  del model_weights_type  # TFF's builder derives it from the model.
   c = ts.client
-  return proximal_client_work.build_model_delta_client_work(
-      model_fn=task.model_fn,
+  return proximal.build_proximal_client_work(
+      task.model_fn, model_weights_type,
+      proximal_strength=c.proximal_strength,
       optimizer=tff.learning.optimizers.build_sgdm(
           learning_rate=c.learning_rate, momentum=c.momentum or None),
-      client_weighting=client_weighting(ts),
-      delta_l2_regularizer=float(c.proximal_strength),
-      loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE)
+      client_weighting=client_weighting(ts))
 
 
 def _sgd_server(server: settings.ServerSettings):

@@ -25,8 +25,8 @@ class ClientSettings(s.Section):
       'sgd', s.registry_choice('tff_compress.fedavg.registry',
                                'CLIENT_WORKS'),
       'local training: sgd (TFF model-delta client work; DP-SGD with '
-      'dp.mode=sample) or fedprox (TFF proximal client work, '
-      'client.proximal_strength)')
+      'dp.mode=sample) or fedprox (local SGD on loss + (mu/2) ||w - '
+      'w_received||^2, mu = client.proximal_strength)')
   learning_rate: float = s.field(0.05, s.float_range(0.0, lo_open=True),
                                  'local SGD step size')
   momentum: float = s.field(0.0, s.float_range(0.0, 1.0, hi_open=True),
