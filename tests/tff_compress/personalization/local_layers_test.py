@@ -16,6 +16,7 @@ import tensorflow_federated as tff
 
 from tests.tff_compress import run_utils
 from tests.tff_compress.learning import learning_testing
+from tests.tff_compress.personalization import personalization_testing
 from tff_compress.fedavg import process
 from tff_compress.personalization import local_layers
 from tff_compress.runtime import local as local_runtime
@@ -34,52 +35,6 @@ def _task():
 def _ts(**overrides):
   return run_utils.training(run_utils.default_config(**{
       'model.name': 'dense', 'client.learning_rate': 0.1, **overrides}))
-
-
-def _tensor_shapes(t) -> set:
-  """Shapes of the tensors in a TFF type (sequence elements included)."""
-  if isinstance(t, tff.TensorType):
-    return {tuple(t.shape)}
-  if isinstance(t, tff.FederatedType):
-    return _tensor_shapes(t.member)
-  if isinstance(t, tff.SequenceType):
-    return _tensor_shapes(t.element)
-  if isinstance(t, tff.StructType):
-    return set().union(*[_tensor_shapes(c) for c in t.children()]) if len(
-        t) else set()
-  return set()  # function types: computations, not data
-
-
-def _placements(t) -> set:
-  if isinstance(t, tff.FederatedType):
-    return {t.placement}
-  if isinstance(t, tff.StructType):
-    return set().union(*[_placements(c) for c in t.children()]) if len(
-        t) else set()
-  return set()
-
-
-def moved_tensor_shapes(comp: tff.Computation) -> dict:
-  """{intrinsic uri: shapes it moves} over every intrinsic in `comp` whose
-  result lies at another placement than one of its federated arguments
-  (broadcasts, selects, sums, aggregates, means, secure sums)."""
-  moved = collections.defaultdict(set)
-
-  def visit(block):
-    if isinstance(block, tff.framework.Intrinsic):
-      sig = block.type_signature
-      if isinstance(sig, tff.FunctionType) and sig.parameter is not None:
-        params = sig.parameter
-        args = params.children() if isinstance(params, tff.StructType) else [
-            params]
-        for arg in args:
-          if isinstance(arg, tff.FederatedType) and (
-              _placements(sig.result) - {arg.placement}):
-            moved[block.uri] |= _tensor_shapes(arg)
-    return block, False
-
-  tff.framework.transform_postorder(comp.to_building_block(), visit)
-  return moved
 
 
 class LayerSplitTest(absltest.TestCase):
@@ -115,7 +70,7 @@ class LocalLayersProcessTest(absltest.TestCase):
     self.assertEqual(self.split, local_layers.LayerSplit((2, 3), 4))
 
   def test_no_intrinsic_moves_a_local_layer(self):
-    moved = moved_tensor_shapes(self.training.process.next)
+    moved = personalization_testing.moved_tensor_shapes(self.training.process.next)
     everything = set().union(*moved.values())
     self.assertEmpty(everything & LOCAL_SHAPES, msg=dict(moved))
     # The shared layers do travel: down by broadcast, up by sum.
@@ -123,7 +78,7 @@ class LocalLayersProcessTest(absltest.TestCase):
     self.assertTrue(SHARED_SHAPES <= moved['federated_sum'])
 
   def test_the_check_sees_the_head_in_a_fedavg_round(self):
-    moved = moved_tensor_shapes(
+    moved = personalization_testing.moved_tensor_shapes(
         process.build_learning_process(_ts(), self.task).next)
     self.assertTrue(LOCAL_SHAPES <= moved['federated_broadcast'])
     self.assertTrue(LOCAL_SHAPES <= moved['federated_sum'])
@@ -138,7 +93,7 @@ class LocalLayersProcessTest(absltest.TestCase):
       with self.subTest(overrides):
         training = process.build_local_layers_training(
             _ts(**overrides), self.task, 'head')
-        moved = moved_tensor_shapes(training.process.next)
+        moved = personalization_testing.moved_tensor_shapes(training.process.next)
         self.assertEmpty(set().union(*moved.values()) & LOCAL_SHAPES)
 
   def test_bytes_are_exactly_the_shared_layers(self):

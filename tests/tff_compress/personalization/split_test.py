@@ -4,30 +4,13 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
+from tests.tff_compress.personalization import personalization_testing
 from tff_compress.data import federated_data
-from tff_compress.data import registry as data_registry
 from tff_compress.personalization import split
 
 
-def _data(sizes, labels_per_client=3, seed=0):
-  """A FederatedData whose client i holds sizes[i] examples of a few labels;
-  pixel [0, 0] stores a unique example id."""
-  rng = np.random.default_rng(seed)
-  clients, next_id = {}, 0
-  for i, n in enumerate(sizes):
-    x = np.zeros((n, 2, 2, 1), np.float32)
-    x[:, 0, 0, 0] = (next_id + np.arange(n)) / 10_000
-    next_id += n
-    y = rng.choice(rng.choice(10, labels_per_client, replace=False),
-                   n).astype(np.int32)
-    clients[data_registry.client_id(i, len(sizes))] = (x, y)
-  ids = tuple(sorted(clients))
-  return federated_data.FederatedData(
-      name='fake', input_shape=(2, 2, 1), num_classes=10, client_ids=ids,
-      get_client=clients.__getitem__,
-      test_x=np.zeros((1, 2, 2, 1), np.float32),
-      test_y=np.zeros((1,), np.int32),
-      client_sizes={c: len(v[1]) for c, v in clients.items()})
+def _data(sizes):
+  return personalization_testing.fake_data(sizes, shape=(2, 2, 1))
 
 
 class HeldOutMaskTest(parameterized.TestCase):
