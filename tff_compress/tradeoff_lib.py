@@ -478,14 +478,17 @@ def plot_personalization(rows: Sequence[dict], sweep_dir: str) -> None:
   # pylint: enable=g-import-not-at-top
   evaluated = sorted(evaluated, key=lambda r: r['p13n_finetuned_mean'])
   fig, ax = plt.subplots(figsize=(9, 0.5 * len(evaluated) + 1.5))
-  for offset, (name, label) in ((-0.15, ('global', 'received model')),
-                                (0.15, ('finetuned', 'fine-tuned'))):
+  for k, (offset, name, label) in enumerate((
+      (-0.15, 'global', 'received model'), (0.15, 'finetuned', 'fine-tuned'))):
     ys = [i + offset for i in range(len(evaluated))]
-    means = [r[f'p13n_{name}_mean'] for r in evaluated]
-    lo = [r[f'p13n_{name}_mean'] - r[f'p13n_{name}_p10'] for r in evaluated]
-    hi = [r[f'p13n_{name}_p90'] - r[f'p13n_{name}_mean'] for r in evaluated]
-    ax.errorbar(means, ys, xerr=[lo, hi], fmt='o', capsize=3,
-                label=f'{label}: mean, p10-p90 of clients')
+    color = f'C{k}'
+    # The mean can lie outside [p10, p90] (a few clients at 0): a range
+    # line and a marker, not an error bar around the mean.
+    ax.hlines(ys, [r[f'p13n_{name}_p10'] for r in evaluated],
+              [r[f'p13n_{name}_p90'] for r in evaluated], color=color,
+              label=f'{label}: p10-p90 of clients')
+    ax.plot([r[f'p13n_{name}_mean'] for r in evaluated], ys, 'o',
+            color=color, label=f'{label}: mean')
   ax.set_yticks(range(len(evaluated)))
   ax.set_yticklabels([r['setting'] for r in evaluated], fontsize=8)
   ax.set_xlabel("per-client accuracy on the client's held-out part")
