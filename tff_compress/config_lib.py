@@ -32,6 +32,7 @@ from tff_compress.faults import settings as fault_settings
 from tff_compress.fedavg import settings as fedavg_settings
 from tff_compress.gkt import settings as gkt_settings
 from tff_compress.models import settings as model_settings
+from tff_compress.personalization import settings as personal_settings
 from tff_compress.privacy import settings as privacy_settings
 from tff_compress.program import settings as program_settings
 from tff_compress.runtime import settings as runtime_settings
@@ -57,6 +58,8 @@ class Settings:
   faults: fault_settings.FaultSettings
   tiers: tier_settings.TierSettings
   gkt: gkt_settings.GktSettings
+  personalization: personal_settings.PersonalizationSettings
+  fedper: personal_settings.FedPerSettings
   runtime: runtime_settings.RuntimeSettings
 
 
@@ -75,6 +78,8 @@ SECTIONS: dict[str, type[settings_lib.Section]] = {
     'faults': fault_settings.FaultSettings,
     'tiers': tier_settings.TierSettings,
     'gkt': gkt_settings.GktSettings,
+    'personalization': personal_settings.PersonalizationSettings,
+    'fedper': personal_settings.FedPerSettings,
     'runtime': runtime_settings.RuntimeSettings,
 }
 
@@ -84,7 +89,9 @@ EXECUTION_SECTIONS = (runtime_settings.RuntimeSettings.SECTION,)
 # Sections added after runs were recorded: left out of a config's identity
 # while every key is at its default, so a run that does not use them keeps
 # its hash, its run directory and its `config.json` (resume, sweep cells).
-OPTIONAL_SECTIONS = (tier_settings.TierSettings,)
+OPTIONAL_SECTIONS = (tier_settings.TierSettings,
+                     personal_settings.PersonalizationSettings,
+                     personal_settings.FedPerSettings)
 
 
 def _node(config: ml_collections.ConfigDict, section: str):

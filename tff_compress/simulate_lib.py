@@ -14,6 +14,7 @@ from tff_compress import config_lib
 from tff_compress.data import federated_data
 from tff_compress.data import registry as data_registry
 from tff_compress.fedavg import algorithm as fedavg_algorithm
+from tff_compress.fedavg import fedper
 from tff_compress.gkt import algorithm as gkt_algorithm
 from tff_compress.program import algorithm as algorithm_lib
 from tff_compress.program import loop
@@ -25,6 +26,7 @@ ALGORITHMS: dict[str, Callable[..., algorithm_lib.Algorithm]] = {
     'fedavg': fedavg_algorithm.build,
     'fedavg_bn': gkt_algorithm.build_fedavg_bn,
     'fedgkt': gkt_algorithm.build_fedgkt,
+    'fedper': fedper.build,
 }
 assert set(ALGORITHMS) == set(program_settings.ALGORITHMS), (
     'program.settings.ALGORITHMS and simulate_lib.ALGORITHMS differ')

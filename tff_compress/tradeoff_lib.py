@@ -329,6 +329,7 @@ def aggregate(cells: Sequence[Cell], summaries: Sequence[dict]) -> list[dict]:
         'wall_seconds': _mean([s['cell_wall_seconds'] for s in runs]),
         'mean_round_seconds': _mean([s['mean_round_seconds'] for s in runs]),
         **_tier_figures(runs),
+        **_personalization_figures(runs),
     })
   return rows
 
@@ -381,6 +382,23 @@ def tier_lines(rows: Sequence[dict]) -> list[str]:
       cells.append('—' if flops is None else f'{flops / 1e6:,.1f}')
       out.append(f'| {row["setting"]} | {name} | {acc_text} | '
                  + ' | '.join(cells) + ' |')
+# `summary.json` personalization figures averaged over seeds (per-client
+# accuracy on the clients' own held-out parts; README "Personalization").
+P13N_KEYS = ('global_mean', 'global_p10', 'global_p90', 'finetuned_mean',
+             'finetuned_p10', 'finetuned_p90', 'worse_share')
+
+
+def _personalization_figures(runs: Sequence[dict]) -> dict:
+  """`p13n_<key>` (mean over seeds) and `p13n_<key>_std` of `P13N_KEYS`,
+  if every seed evaluated personalization."""
+  blocks = [s.get('personalization') for s in runs]
+  if not all(blocks):
+    return {}
+  out = {}
+  for key in P13N_KEYS:
+    values = [b[key] for b in blocks]
+    out[f'p13n_{key}'] = _mean(values)
+    out[f'p13n_{key}_std'] = _std(values)
   return out
 
 
@@ -454,9 +472,81 @@ def write_results(rows: Sequence[dict], sweep_dir: str) -> None:
         f'{row["mean_round_seconds"]:.2f} |')
   lines.extend(tier_lines(rows))
   lines.extend(frontier_lines(rows))
+  lines.extend(personalization_lines(rows))
   with open(os.path.join(sweep_dir, 'results.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   plot(rows, sweep_dir)
+  plot_personalization(rows, sweep_dir)
+
+
+def personalization_lines(rows: Sequence[dict]) -> list[str]:
+  """Markdown table of the settings that evaluated personalization, best
+  fine-tuned mean first (empty if none did)."""
+  evaluated = [r for r in rows if 'p13n_global_mean' in r]
+  if not evaluated:
+    return []
+
+  def pm(row, key):
+    value = f'{row[f"p13n_{key}"]:.4f}'
+    if row['seeds'] > 1:
+      value += f' ± {row[f"p13n_{key}_std"]:.4f}'
+    return value
+
+  out = ['', 'Personalization: per-client accuracy on each evaluation '
+         "client's held-out part, received model vs fine-tuned (mean over "
+         'clients, 10th-90th percentile; mean ± std over seeds):', '',
+         '| setting | received mean | received p10-p90 | fine-tuned mean | '
+         'fine-tuned p10-p90 | worse after fine-tuning | eval accuracy |',
+         '|---|---|---|---|---|---|---|']
+  for row in sorted(evaluated, key=lambda r: -r['p13n_finetuned_mean']):
+    acc = f'{row["accuracy_mean"]:.4f}'
+    if row['seeds'] > 1:
+      acc += f' ± {row["accuracy_std"]:.4f}'
+    out.append(
+        f'| {row["setting"]} | {pm(row, "global_mean")} | '
+        f'{row["p13n_global_p10"]:.3f}-{row["p13n_global_p90"]:.3f} | '
+        f'{pm(row, "finetuned_mean")} | '
+        f'{row["p13n_finetuned_p10"]:.3f}-{row["p13n_finetuned_p90"]:.3f} | '
+        f'{100 * row["p13n_worse_share"]:.1f} % | {acc} |')
+  return out
+
+
+def plot_personalization(rows: Sequence[dict], sweep_dir: str) -> None:
+  """personalization.png: per setting, the received and the fine-tuned
+  model's mean per-client accuracy (averaged over seeds), the bars spanning
+  the 10th to 90th percentile of clients."""
+  evaluated = [r for r in rows if 'p13n_global_mean' in r]
+  path = os.path.join(sweep_dir, 'personalization.png')
+  if not evaluated:
+    if os.path.exists(path):
+      os.remove(path)
+    return
+  # pylint: disable=g-import-not-at-top
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  # pylint: enable=g-import-not-at-top
+  evaluated = sorted(evaluated, key=lambda r: r['p13n_finetuned_mean'])
+  fig, ax = plt.subplots(figsize=(9, 0.5 * len(evaluated) + 1.5))
+  for k, (offset, name, label) in enumerate((
+      (-0.15, 'global', 'received model'), (0.15, 'finetuned', 'fine-tuned'))):
+    ys = [i + offset for i in range(len(evaluated))]
+    color = f'C{k}'
+    # The mean can lie outside [p10, p90] (a few clients at 0): a range
+    # line and a marker, not an error bar around the mean.
+    ax.hlines(ys, [r[f'p13n_{name}_p10'] for r in evaluated],
+              [r[f'p13n_{name}_p90'] for r in evaluated], color=color,
+              label=f'{label}: p10-p90 of clients')
+    ax.plot([r[f'p13n_{name}_mean'] for r in evaluated], ys, 'o',
+            color=color, label=f'{label}: mean')
+  ax.set_yticks(range(len(evaluated)))
+  ax.set_yticklabels([r['setting'] for r in evaluated], fontsize=8)
+  ax.set_xlabel("per-client accuracy on the client's held-out part")
+  ax.grid(alpha=0.3)
+  ax.legend(loc='lower left', fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
 
 
 # (row key or callable, what it costs, how to print it) of each frontier.

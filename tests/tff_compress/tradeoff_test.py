@@ -8,6 +8,7 @@ import subprocess
 import tensorflow  # pylint: disable=unused-import
 from absl.testing import absltest
 import ml_collections
+import numpy as np
 
 from tests.tff_compress import process_utils
 from tff_compress import config_lib
@@ -108,6 +109,57 @@ class ExpandTest(absltest.TestCase):
     self.assertCountEqual(os.listdir(sweep_dir), [
         'accuracy_vs_uplink_bytes.png', 'accuracy_vs_downlink_bytes.png',
         'accuracy_vs_client_flops.png'])
+
+
+class PersonalizationResultsTest(absltest.TestCase):
+
+  def _summary(self, acc, p13n=None):
+    s = {'final_eval_accuracy': acc, 'mean_bytes_down_per_client': 100.0,
+         'mean_bytes_up_per_client': 100.0, 'mean_client_flops': 1e6,
+         'total_bytes_down': 1000, 'total_bytes_up': 1000,
+         'compression_down_vs_float32': 1.0,
+         'compression_up_vs_float32': 1.0, 'epsilon': None,
+         'cell_wall_seconds': 1.0, 'mean_round_seconds': 0.1}
+    if p13n is not None:
+      s['personalization'] = {k: p13n + i / 100 for i, k in
+                              enumerate(tradeoff_lib.P13N_KEYS)}
+    return s
+
+  def test_seed_means_table_and_plot(self):
+    base = config_lib.load_config_file(_SMOKE)
+    s = _sweep(fp={'algorithm': ('fedper',)})
+    s.seeds = (0, 1)
+    cells = tradeoff_lib.expand(s, base)
+    self.assertEqual([c.grid for c in cells],
+                     ['baseline', 'baseline', 'fp', 'fp'])
+    rows = tradeoff_lib.aggregate(cells, [
+        self._summary(0.8, 0.5), self._summary(0.8, 0.7),
+        self._summary(0.9, 0.8), self._summary(0.9, 0.8)])
+    by = {r['setting']: r for r in rows}
+    self.assertAlmostEqual(by['baseline']['p13n_global_mean'], 0.6)
+    self.assertAlmostEqual(by['baseline']['p13n_global_mean_std'],
+                           np.std([0.5, 0.7], ddof=1))
+    self.assertAlmostEqual(by['algorithm=fedper']['p13n_finetuned_mean'],
+                           0.83)
+    lines = tradeoff_lib.personalization_lines(rows)
+    table = [l for l in lines if l.startswith('| ') and 'setting' not in l]
+    # Best fine-tuned mean first.
+    self.assertTrue(table[0].startswith('| algorithm=fedper | 0.8000 ± '))
+    self.assertIn('| 86.0 % |', table[0])  # worse_share: 0.8 + 0.06
+    sweep_dir = self.create_tempdir().full_path
+    tradeoff_lib.plot_personalization(rows, sweep_dir)
+    self.assertTrue(os.path.exists(
+        os.path.join(sweep_dir, 'personalization.png')))
+
+  def test_no_personalization_no_columns(self):
+    base = config_lib.load_config_file(_SMOKE)
+    cells = tradeoff_lib.expand(_sweep(e2={'client': {'epochs': (2,)}}),
+                                base)
+    rows = tradeoff_lib.aggregate(cells, [self._summary(0.8),
+                                          self._summary(0.8, 0.5)])
+    self.assertNotIn('p13n_global_mean', rows[0])
+    self.assertIn('p13n_global_mean', rows[1])
+    self.assertEqual(tradeoff_lib.personalization_lines(rows[:1]), [])
 
 
 class SweepEndToEndTest(absltest.TestCase):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import time
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -25,6 +26,8 @@ from tff_compress.faults import schedule as fault_schedule
 from tff_compress.fedavg import process as process_lib
 from tff_compress.fedavg import settings as fedavg_settings
 from tff_compress.learning import task as task_lib
+from tff_compress.personalization import evaluation as p13n_evaluation
+from tff_compress.personalization import split as p13n_split
 from tff_compress.privacy import accounting
 from tff_compress.program import algorithm as algorithm_lib
 from tff_compress.program import run_dir
@@ -51,15 +54,29 @@ def eval_datasets(data: federated_data.FederatedData, num: int) -> list:
 class FedAvg(algorithm_lib.Algorithm):
   """A FedAvg-family TFF learning process on a federated data set.
 
+  With `personalization.evaluate`, every client holds out a part of its
+  examples that training never sees (`personalization/split.py`) and the
+  fine-tuning evaluation runs after the last round and every
+  `personalization.every` rounds (`personalization/evaluation.py`).
+
   Args:
     settings: The run's settings (`config_lib.Settings`).
     data: The federated data set.
   """
 
+  # What a client's received model is, in `summary.json` words.
+  RECEIVED_MODEL = 'the global model'
+
   def __init__(self, settings, data: federated_data.FederatedData):
     self._settings = settings
     self._run = settings.run
     self._ts = fedavg_settings.TrainingSettings.of(settings)
+    p13n = settings.personalization
+    self.held_out = None
+    if p13n.holds_out(self._run.algorithm):
+      self.held_out = p13n_split.split_clients(data, p13n.test_fraction,
+                                               self._run.seed)
+      data = self.held_out.train
     self._data = data
     self._sizes = [data.client_size(c) for c in data.client_ids]
     self.task = task_lib.build_task(settings.model.name, data,
@@ -73,16 +90,25 @@ class FedAvg(algorithm_lib.Algorithm):
       self.tier_evaluations = tuple(process_lib.build_evaluation(t.task)
                                     for t in self.training.tiers)
     else:
-      self.training = process_lib.build_training(self._ts, self.task)
+      self.training = self._build_training()
       self.tier_evaluations = ()
     self._tier_evals_in_use = self.tier_evaluations
     self.evaluation = process_lib.build_evaluation(self.task)
+    self.finetune_eval = None
+    if self.held_out is not None:
+      self.finetune_eval = p13n_evaluation.FinetuneEvaluation(
+          p13n, self.task, self.held_out, self._run.seed, self._run.rounds,
+          split=None if self.tiered else self.training.local,
+          finetune=p13n.evaluate)
     self._eval_data = eval_datasets(data, self._run.eval_clients)
     self._feed: Optional[feed_lib.WorkerFeed] = None
     self._accountant = accounting.RunAccountant(
         settings.dp, clients_per_round=self._run.clients_per_round,
         batch_size=self._ts.client.batch_size,
         epochs=self._ts.client.epochs, client_sizes=tuple(self._sizes))
+
+  def _build_training(self) -> process_lib.Training:
+    return process_lib.build_training(self._ts, self.task)
 
   # ---- what the loop needs to know ----
 
@@ -130,6 +156,15 @@ class FedAvg(algorithm_lib.Algorithm):
           + f' | {sub.num_params:,} params, '
           f'{task.train_flops_per_example / sub.train_flops_per_example:.2f}'
           'x fewer FLOPs/example')
+    if self.held_out is not None:
+      p = self._settings.personalization
+      lines.append(
+          f'personalization: every client holds out {p.test_fraction:.0%} of '
+          f'its examples; {len(self.finetune_eval.clients)} evaluation '
+          'clients' + (f' fine-tune {p.epochs} epochs ({p.optimizer}, lr '
+                       f'{p.learning_rate:g}, batch {p.batch_size}'
+                       f'{", layers " + p.layers if p.layers else ""})'
+                       if p.evaluate else ''))
     targets = self._settings.runtime.targets
     if targets:
       lines.append(f'{len(targets)} remote TFF workers: {", ".join(targets)}')
@@ -203,7 +238,13 @@ class FedAvg(algorithm_lib.Algorithm):
         self._run.clients_per_round)
     outcome = fault_rounds.run_round(
         training, state, plan, self._client_data(round_num, picked))
-    return algorithm_lib.RoundResult(outcome.state, {
+    return self._with_personalization(algorithm_lib.RoundResult(
+        outcome.state, self._row(outcome, plan, flops)), round_num)
+
+  def _row(self, outcome: fault_rounds.RoundOutcome,
+           plan: fault_schedule.RoundPlan, flops: Sequence[float]) -> dict:
+    """The round's `metrics.csv` values."""
+    return {
         'train_loss': outcome.train_metric('loss'),
         'train_accuracy': outcome.train_metric('accuracy'),
         'bytes_down': outcome.bytes_down,
@@ -211,7 +252,31 @@ class FedAvg(algorithm_lib.Algorithm):
         'client_flops': float(np.mean(flops)),
         'zeroed': outcome.zeroed,
         **fault_rounds.columns(plan),
-    })
+    }
+
+  def _model_weights(self, state) -> tff.learning.models.ModelWeights:
+    """The server's model in the program state `state`."""
+    return self._training.process.get_model_weights(state)
+
+  def _evaluation_local_layers(self, state) -> Optional[list]:
+    """FedPer: the evaluation clients' local layers (None for FedAvg)."""
+    del state
+    return None
+
+  def _with_personalization(self, result: algorithm_lib.RoundResult,
+                            round_num: int) -> algorithm_lib.RoundResult:
+    """`result` with the fine-tuning evaluation if it is due this round."""
+    if (not self._settings.personalization.evaluate or
+        not self.finetune_eval.due(round_num)):
+      return result
+    t0 = time.monotonic()
+    scores = self.finetune_eval.run(
+        round_num, self._model_weights(result.state),
+        self._evaluation_local_layers(result.state))
+    result.row.update(scores.distribution())
+    result.tables[p13n_evaluation.TABLE] = scores.table(round_num)
+    result.extra['p13n_seconds'] = time.monotonic() - t0
+    return result
 
   def _run_tiered_round(self, state, round_num: int, picked: np.ndarray,
                         examples: Sequence[int]) -> algorithm_lib.RoundResult:
@@ -223,7 +288,7 @@ class FedAvg(algorithm_lib.Algorithm):
     tiered = tier_rounds.run_round(training, state, plan,
                                    self._client_data(round_num, picked))
     outcome = tiered.outcome
-    return algorithm_lib.RoundResult(outcome.state, {
+    row = {
         'train_loss': outcome.train_metric('loss'),
         'train_accuracy': outcome.train_metric('accuracy'),
         'bytes_down': outcome.bytes_down,
@@ -231,12 +296,14 @@ class FedAvg(algorithm_lib.Algorithm):
         'zeroed': outcome.zeroed,
         **fault_rounds.columns(plan),
         **tier_metrics.round_columns(training, tiered, examples),
-    })
+    }
+    return self._with_personalization(
+        algorithm_lib.RoundResult(outcome.state, row), round_num)
 
   def evaluate(self, state) -> tuple[dict, dict]:
     evaluation = self._feed.evaluation if self._feed else self.evaluation
     data = self._feed.eval_descriptors if self._feed else self._eval_data
-    weights = self._training.process.get_model_weights(state)
+    weights = self._model_weights(state)
     row = _evaluate(evaluation, weights, data)
     for tier, tier_eval in zip(self.training.tiers if self.tiered else (),
                                self._tier_evals_in_use):
@@ -250,8 +317,7 @@ class FedAvg(algorithm_lib.Algorithm):
     return self._accountant.epsilon(round_num, participations)
 
   def final_weights(self, state) -> list[np.ndarray]:
-    weights: tff.learning.models.ModelWeights = (
-        self._training.process.get_model_weights(state))
+    weights = self._model_weights(state)
     return [np.asarray(w) for w in tf.nest.flatten(
         (weights.trainable, weights.non_trainable))]
 
@@ -270,6 +336,10 @@ class FedAvg(algorithm_lib.Algorithm):
       out['faults'] = fault_rounds.summarize(rows)
     if self.tiered:
       out.update(tier_metrics.summarize(self.training, rows))
+    personalization = p13n_evaluation.summary_block(rows,
+                                                    self.RECEIVED_MODEL)
+    if personalization is not None:
+      out['personalization'] = personalization
     return out
 
 

@@ -15,6 +15,7 @@ from tff_compress.fedavg import registry
 from tff_compress.fedavg import settings
 from tff_compress.learning import keyed
 from tff_compress.learning import task as task_lib
+from tff_compress.personalization import local_layers
 from tff_compress.privacy import factories as dp_factories
 from tff_compress.tiers import assignment as tier_assignment
 from tff_compress.tiers import process as tier_process
@@ -55,6 +56,9 @@ class Training:
   client_task: task_lib.Task  # the model a client trains (a submodel?)
   plan: Optional[submodel_lib.SubmodelPlan] = None
   injects_faults: bool = False  # client work poisons per fault code
+  # FedPer: the layers clients keep (`process` is then a
+  # `local_layers.LocalLayersProcess`, fed by `local_layers.client_inputs`).
+  local: Optional[local_layers.LayerSplit] = None
 
   def client_inputs(self, datasets: list,
                     faults: Optional[Sequence[int]] = None) -> list:
@@ -169,6 +173,35 @@ def build_tiered_training(ts: settings.TrainingSettings, task: task_lib.Task,
       injects_faults=ts.faults.poisons,
       train_only=(names.index(tiers.train_only) if tiers.train_only
                   else None))
+
+
+def build_local_layers_training(ts: settings.TrainingSettings,
+                                task: task_lib.Task,
+                                layers: str) -> Training:
+  """FedPer: the layers of `layers` (`personalization/layers.py`) stay on
+  the clients.
+
+  The registry's pieces, on the shared layers only: the distributor and
+  the finalizer on the shared `ModelWeights`, the aggregator on the shared
+  update; the configured client work trains the whole model
+  (`personalization/local_layers.py`).
+  """
+  initial_weights_fn = build_initial_weights_fn(task)
+  model_weights_type = initial_weights_fn.type_signature.result
+  split = local_layers.LayerSplit.of(task.keras_model_fn(), layers)
+  shared_type = local_layers.build_select_shared(
+      model_weights_type, split).type_signature.result
+  distributor = registry.build_distributor(ts, shared_type)
+  client_work = local_layers.build_local_layers_client_work(
+      registry.build_client_work(ts, task, model_weights_type), split)
+  aggregator = registry.build_aggregator(ts).create(
+      shared_type.trainable, tff.TensorType(np.float32))
+  finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
+      registry.build_server_optimizer(ts.server), shared_type)
+  process = local_layers.compose_local_layers_process(
+      initial_weights_fn, distributor, client_work, aggregator, finalizer,
+      split)
+  return Training(process, task, local=split)
 
 
 def build_training(ts: settings.TrainingSettings,

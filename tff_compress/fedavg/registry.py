@@ -17,6 +17,7 @@ from tff_compress.fedavg import settings
 from tff_compress.learning import aggregators
 from tff_compress.learning import distributors
 from tff_compress.learning import keyed
+from tff_compress.learning import proximal
 from tff_compress.privacy import dpsgd
 from tff_compress.privacy import factories as dp_factories
 from tff_compress.privacy import secure
@@ -45,6 +46,24 @@ def _sgd_client_work(ts: settings.TrainingSettings, task, model_weights_type):
       client_weighting=client_weighting(ts))
 
 
+def _fedprox_client_work(ts: settings.TrainingSettings, task,
+                         model_weights_type):
+  """FedProx (Li et al. 2020): local SGD on the loss plus (mu/2)·‖w − w₀‖².
+
+  Each step adds mu·(w − w₀) to the gradient, w₀ the weights the client
+  received; mu = `client.proximal_strength`, mu = 0 is `sgd` bit for bit.
+  (`learning/proximal.py`; TFF 0.87's own proximal client work has the
+  term's sign inverted.)
+  """
+  c = ts.client
+  return proximal.build_proximal_client_work(
+      task.model_fn, model_weights_type,
+      proximal_strength=c.proximal_strength,
+      optimizer=tff.learning.optimizers.build_sgdm(
+          learning_rate=c.learning_rate, momentum=c.momentum or None),
+      client_weighting=client_weighting(ts))
+
+
 def _sgd_server(server: settings.ServerSettings):
   return tff.learning.optimizers.build_sgdm(
       learning_rate=server.learning_rate, momentum=server.momentum or None)
@@ -60,6 +79,7 @@ def _adam_server(server: settings.ServerSettings):
 # ClientWorkProcess
 CLIENT_WORKS: dict[str, Callable] = {
     'sgd': _sgd_client_work,
+    'fedprox': _fedprox_client_work,
 }
 
 # `server.optimizer` -> (ServerSettings) -> tff.learning.optimizers.Optimizer;

@@ -11,6 +11,10 @@ from tff_compress.faults import settings as fault_settings
 from tff_compress.privacy import settings as privacy_settings
 from tff_compress.tiers import settings as tier_settings
 
+# FedProx's mu when client.work=fedprox does not set it (the middle of the
+# 0.001-1 range Li et al. 2020 sweep).
+DEFAULT_PROXIMAL_STRENGTH = 0.01
+
 
 @dataclasses.dataclass(frozen=True)
 class ClientSettings(s.Section):
@@ -22,13 +26,31 @@ class ClientSettings(s.Section):
       'sgd', s.registry_choice('tff_compress.fedavg.registry',
                                'CLIENT_WORKS'),
       'local training: sgd (TFF model-delta client work; DP-SGD with '
-      'dp.mode=sample)')
+      'dp.mode=sample) or fedprox (local SGD on loss + (mu/2) ||w - '
+      'w_received||^2, mu = client.proximal_strength)')
   learning_rate: float = s.field(0.05, s.float_range(0.0, lo_open=True),
                                  'local SGD step size')
   momentum: float = s.field(0.0, s.float_range(0.0, 1.0, hi_open=True),
                             'local SGD momentum (0 = plain SGD)')
   epochs: int = s.field(1, s.int_range(1), 'local epochs E')
   batch_size: int = s.field(20, s.int_range(1), 'local batch size B')
+  proximal_strength: float = s.field(
+      DEFAULT_PROXIMAL_STRENGTH, s.float_range(0.0),
+      'client.work=fedprox: mu of the proximal term (mu/2) ||w - w_received||^2'
+      ' added to the local loss (0 = plain local SGD)')
+
+  @classmethod
+  def check(cls, config) -> None:
+    c = config.client
+    if (c.work != 'fedprox' and
+        c.proximal_strength != DEFAULT_PROXIMAL_STRENGTH):
+      raise s.problem('client.proximal_strength', (
+          f'is {c.proximal_strength} with client.work={c.work!r}; only '
+          "client.work='fedprox' uses it"))
+    if c.work == 'fedprox' and config.dp.mode == 'sample':
+      raise s.problem('client.work', (
+          "is 'fedprox' with dp.mode='sample'; DP-SGD is its own client "
+          "work (use client.work='sgd')"))
 
 
 @dataclasses.dataclass(frozen=True)

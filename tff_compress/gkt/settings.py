@@ -80,8 +80,9 @@ class GktSettings(s.Section):
 
   @classmethod
   def check(cls, config) -> None:
-    """Keys only `algorithm=fedavg` implements; fedgkt's large model."""
-    if config.algorithm == 'fedavg':
+    """Keys only the TFF learning processes (`algorithm=fedavg`, `fedper`)
+    implement; fedgkt's large model."""
+    if config.algorithm not in ('fedgkt', 'fedavg_bn'):
       return
     for section_cls, key in _FEDAVG_ONLY:
       name = f'{section_cls.SECTION}.{key}'

@@ -30,11 +30,14 @@ class RoundResult:
     row: `metrics.csv` values of the round (`run_dir.METRICS_COLUMNS`; the
       loop fills `round`, `eval_*`, `epsilon` and `round_seconds`).
     extra: TensorBoard-only scalars.
+    tables: Rows of the run's per-round tables (`run_dir.TABLES`): name ->
+      rows, each a dict of that table's columns.
   """
 
   state: Any
   row: dict
   extra: dict = dataclasses.field(default_factory=dict)
+  tables: dict = dataclasses.field(default_factory=dict)
 
 
 class Algorithm(abc.ABC):

@@ -73,6 +73,7 @@ def run(
   rs = run_settings
   metrics_csv = run_dir_lib.MetricsCsv(run_dir.path('metrics.csv'),
                                        algorithm.metrics_columns)
+  tables = run_dir_lib.Tables(run_dir.root)
   checkpoints = checkpoints_lib.Checkpoints(run_dir.path('checkpoints'))
   print(f'run dir {run_dir.root}\n{algorithm.describe()}', file=out,
         flush=True)
@@ -87,6 +88,7 @@ def run(
         state, start = loaded, version + 1
         print(f'resuming after round {version}', file=out, flush=True)
       metrics_csv.truncate_after(version)
+      tables.truncate_after(version)
     tb_writer = tf.summary.create_file_writer(run_dir.path('tb'))
     progress = progress_lib.Progress(rs.rounds, out, start)
     per_round = algorithm.sampled_per_round
@@ -116,6 +118,7 @@ def run(
       # round. SIGINT/SIGTERM wait until both are written.
       with signals_deferred():
         metrics_csv.append(row)
+        tables.append(result.tables)
         with tb_writer.as_default(step=round_num):
           for key, value in {**row, **extra}.items():
             if key != 'round' and value is not None:
@@ -138,5 +141,6 @@ def run(
   run_dir_lib.write_json(run_dir.path('summary.json'), summary)
   run_dir_lib.plot_curves(run_dir.path('metrics.csv'),
                           run_dir.path('curves.png'), run_dir.title)
+  tables.plot(run_dir.title)
   summary_lib.print_summary(summary, out)
   return summary

@@ -16,7 +16,8 @@ def hms(seconds: float) -> str:
 
 class Progress:
   """Prints one line per round: losses, accuracy, bytes, time, ETA, ε,
-  and the client-fault counts when faults are simulated."""
+  the client-fault counts when faults are simulated, and the per-client
+  personalization figures when they were evaluated."""
 
   def __init__(self, rounds: int, out: TextIO, start_round: int):
     self.rounds = rounds
@@ -32,7 +33,8 @@ class Progress:
     print(f'round {r:>4}/{self.rounds} | {_train(row)} | {_eval(row)} | down'
           f' {row["bytes_down"] / 1e6:8.2f} MB up {row["bytes_up"] / 1e6:8.2f}'
           f' MB | {row["round_seconds"]:6.2f} s | ETA {hms(eta)}'
-          + _epsilon(row.get('epsilon')) + _faults(row),
+          + _epsilon(row.get('epsilon')) + _faults(row)
+          + _personalization(row),
           file=self.out, flush=True)
 
 
@@ -50,6 +52,15 @@ def _eval(row: dict) -> str:
 
 def _epsilon(epsilon: Optional[float]) -> str:
   return f' | ε {epsilon:.3g}' if epsilon is not None else ''
+
+
+def _personalization(row: dict) -> str:
+  if row.get('p13n_global_mean') is None:
+    return ''
+  return (f' | per client: received {row["p13n_global_mean"]:.4f}, '
+          f'fine-tuned {row["p13n_finetuned_mean"]:.4f} '
+          f'(p10 {row["p13n_finetuned_p10"]:.3f}), '
+          f'{100 * row["p13n_worse_share"]:.0f} % worse')
 
 
 def _faults(row: dict) -> str:

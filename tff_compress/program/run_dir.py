@@ -5,6 +5,8 @@ Layout (see README):
   metrics.csv     one row per round, columns `METRICS_COLUMNS`
   summary.json    final figures
   curves.png      loss / accuracy / bytes per round
+  personalization.csv, personalization.png
+                  per-client fine-tuning evaluation (`TABLES`), if any
   tb/             TensorBoard event files
   checkpoints/    tff.program program state, one version per round
   final_weights.npz  trainable + non-trainable weights after the last round
@@ -27,6 +29,14 @@ METRICS_COLUMNS = (
     # without a fault model), skipped 1 if too few reported.
     'clients_reported', 'clients_dropped', 'clients_late', 'round_latency',
     'skipped',
+    # Personalization (personalization/evaluation.py), filled on evaluation
+    # rounds: over the evaluation clients, mean / 10th / 90th percentile of
+    # the per-client accuracy of the received model and of the fine-tuned
+    # one on the client's own held-out part; share of clients fine-tuning
+    # made strictly worse.
+    'p13n_global_mean', 'p13n_global_p10', 'p13n_global_p90',
+    'p13n_finetuned_mean', 'p13n_finetuned_p10', 'p13n_finetuned_p90',
+    'p13n_worse_share',
 )
 
 # Device tiers (tff_compress/tiers/), per tier name: its clients taking part
@@ -44,6 +54,15 @@ def tier_column(tier: str, figure: str) -> str:
 def tier_columns(tiers: Sequence[str]) -> tuple[str, ...]:
   """The `metrics.csv` columns a run with these tiers adds."""
   return tuple(tier_column(t, f) for t in tiers for f in TIER_COLUMNS)
+# Per-round tables written beside metrics.csv (`<name>.csv`, the same resume
+# semantics): name -> columns. An algorithm returns their rows in
+# `RoundResult.tables`.
+TABLES = {
+    # One row per evaluation client and personalization evaluation.
+    'personalization': (
+        'round', 'client', 'train_examples', 'test_examples', 'global_loss',
+        'global_accuracy', 'finetuned_loss', 'finetuned_accuracy'),
+}
 
 
 class RunDirError(ValueError):
@@ -165,6 +184,8 @@ class MetricsCsv:
 
   def truncate_after(self, last_round: int) -> None:
     """Keeps rows with round <= last_round (the checkpoint being resumed)."""
+    if not os.path.exists(self._path):
+      return
     rows = self.read()
     kept = [r for r in rows if int(r['round']) <= last_round]
     self._write_all(kept)
@@ -194,6 +215,41 @@ class MetricsCsv:
       if new:
         writer.writeheader()
       writer.writerow({k: _fmt(row.get(k)) for k in self._columns})
+
+
+class Tables:
+  """The run's per-round tables (`TABLES`), each a `MetricsCsv`.
+
+  A table's file exists once a round has given it rows.
+  """
+
+  def __init__(self, root: str):
+    self._root = root
+    self._csv = {name: MetricsCsv(os.path.join(root, f'{name}.csv'), columns)
+                 for name, columns in TABLES.items()}
+
+  def truncate_after(self, last_round: int) -> None:
+    for table in self._csv.values():
+      table.truncate_after(last_round)
+
+  def append(self, tables: Mapping[str, Sequence[Mapping[str, object]]]
+             ) -> None:
+    """Appends each table's rows; a name outside `TABLES` raises."""
+    unknown = set(tables) - set(self._csv)
+    if unknown:
+      raise ValueError(f'unknown tables {sorted(unknown)}; known: '
+                       f'{sorted(self._csv)}')
+    for name, rows in tables.items():
+      for row in rows:
+        self._csv[name].append(row)
+
+  def plot(self, title: str) -> None:
+    """The tables' plots (`personalization.png`)."""
+    path = os.path.join(self._root, 'personalization.csv')
+    if os.path.exists(path):
+      plot_personalization(path, os.path.join(self._root, 'metrics.csv'),
+                           os.path.join(self._root, 'personalization.png'),
+                           title)
 
 
 def _fmt(value) -> str:
@@ -254,6 +310,68 @@ def plot_curves(csv_path: str, png_path: str, title: str) -> None:
     axes[3].set_xlabel('round')
     axes[3].set_ylabel('eval accuracy of the deployed model')
     axes[3].legend()
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=80)
+  plt.close(fig)
+
+
+def plot_personalization(table_path: str, metrics_path: str, png_path: str,
+                         title: str) -> None:
+  """PNG of the fine-tuning evaluation (`personalization.csv`).
+
+  Left: each evaluation client's accuracy on its held-out part, received
+  model vs fine-tuned, at the last evaluation (above the diagonal =
+  fine-tuning helped). Middle: the same accuracies sorted (the
+  distribution). Right: mean and 10th-90th percentile band per evaluation
+  round (`metrics.csv`).
+  """
+  # pylint: disable=g-import-not-at-top
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  import numpy as np
+  # pylint: enable=g-import-not-at-top
+  rows = MetricsCsv(table_path, TABLES['personalization']).read()
+  if not rows:
+    return
+  last = max(int(r['round']) for r in rows)
+  final = [r for r in rows if int(r['round']) == last]
+  g = np.array([float(r['global_accuracy']) for r in final])
+  f = np.array([float(r['finetuned_accuracy']) for r in final])
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+  ax = axes[0]
+  ax.plot([0, 1], [0, 1], color='0.6', linewidth=1)
+  ax.scatter(g, f, s=18, alpha=0.7)
+  ax.set_xlabel('received model accuracy (own held-out part)')
+  ax.set_ylabel('fine-tuned accuracy')
+  ax.set_title(f'per client, after round {last} '
+               f'({100 * np.mean(f < g):.0f} % worse)')
+  ax.set_xlim(-0.02, 1.02)
+  ax.set_ylim(-0.02, 1.02)
+  ax = axes[1]
+  share = (np.arange(len(g)) + 1) / len(g)
+  ax.step(np.sort(g), share, where='post', label=f'received (mean {g.mean():.3f})')
+  ax.step(np.sort(f), share, where='post',
+          label=f'fine-tuned (mean {f.mean():.3f})')
+  ax.set_xlabel('per-client accuracy')
+  ax.set_ylabel('share of evaluation clients at or below')
+  ax.legend(loc='upper left')
+  ax = axes[2]
+  evaluated = [r for r in MetricsCsv(metrics_path).read()
+               if r.get('p13n_global_mean')]
+  x = [int(r['round']) for r in evaluated]
+  for name, label in (('global', 'received'), ('finetuned', 'fine-tuned')):
+    mean = [float(r[f'p13n_{name}_mean']) for r in evaluated]
+    lo = [float(r[f'p13n_{name}_p10']) for r in evaluated]
+    hi = [float(r[f'p13n_{name}_p90']) for r in evaluated]
+    ax.plot(x, mean, 'o-', label=f'{label} mean')
+    ax.fill_between(x, lo, hi, alpha=0.2, label=f'{label} p10-p90')
+  ax.set_xlabel('round')
+  ax.set_ylabel('per-client accuracy')
+  ax.legend(loc='lower right')
+  for a in axes:
+    a.grid(alpha=0.3)
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(png_path, dpi=80)

@@ -8,7 +8,7 @@ from tff_compress import settings_lib as s
 
 # Values of `algorithm`; `simulate_lib.ALGORITHMS` maps each to its
 # program-loop adapter (a test keeps the two in step).
-ALGORITHMS = ('fedavg', 'fedavg_bn', 'fedgkt')
+ALGORITHMS = ('fedavg', 'fedavg_bn', 'fedgkt', 'fedper')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +34,9 @@ class RunSettings(s.Section):
   algorithm: str = s.field(
       'fedavg', s.choice(ALGORITHMS),
       "'fedavg' (a TFF learning process: FedAvg and everything composed "
-      "around it), 'fedgkt' (group knowledge transfer, gkt.*) or 'fedavg_bn' "
-      '(FedAvg averaging batch-norm statistics too)')
+      "around it), 'fedgkt' (group knowledge transfer, gkt.*), 'fedavg_bn' "
+      "(FedAvg averaging batch-norm statistics too) or 'fedper' (FedAvg whose "
+      'fedper.layers stay on the clients)')
 
   @classmethod
   def check(cls, config) -> None:
