@@ -34,6 +34,7 @@ from tff_compress.gkt import settings as gkt_settings
 from tff_compress.models import settings as model_settings
 from tff_compress.privacy import settings as privacy_settings
 from tff_compress.program import settings as program_settings
+from tff_compress.pruning import settings as pruning_settings
 from tff_compress.runtime import settings as runtime_settings
 
 ConfigError = settings_lib.ConfigError
@@ -54,6 +55,7 @@ class Settings:
   dp: privacy_settings.DpSettings
   secagg: privacy_settings.SecAggSettings
   faults: fault_settings.FaultSettings
+  pruning: pruning_settings.PruningSettings
   gkt: gkt_settings.GktSettings
   runtime: runtime_settings.RuntimeSettings
 
@@ -71,6 +73,7 @@ SECTIONS: dict[str, type[settings_lib.Section]] = {
     'dp': privacy_settings.DpSettings,
     'secagg': privacy_settings.SecAggSettings,
     'faults': fault_settings.FaultSettings,
+    'pruning': pruning_settings.PruningSettings,
     'gkt': gkt_settings.GktSettings,
     'runtime': runtime_settings.RuntimeSettings,
 }

@@ -65,6 +65,7 @@ class FedAvg(algorithm_lib.Algorithm):
     self.evaluation = process_lib.build_evaluation(self.task)
     self._eval_data = eval_datasets(data, self._run.eval_clients)
     self._feed: Optional[feed_lib.WorkerFeed] = None
+    self._final_trainable: Optional[list] = None  # for the pruning report
     self._accountant = accounting.RunAccountant(
         settings.dp, clients_per_round=self._run.clients_per_round,
         batch_size=self._ts.client.batch_size,
@@ -86,6 +87,9 @@ class FedAvg(algorithm_lib.Algorithm):
 
   @property
   def client_model_params(self) -> int:
+    phases = self.training.phases
+    if phases is not None:  # the model clients train at the end
+      return phases.client_task(self._run.rounds).num_params
     return self.training.client_task.num_params
 
   def describe(self) -> str:
@@ -104,6 +108,8 @@ class FedAvg(algorithm_lib.Algorithm):
           + f' | {sub.num_params:,} params, '
           f'{task.train_flops_per_example / sub.train_flops_per_example:.2f}'
           'x fewer FLOPs/example')
+    if self.training.phases is not None:
+      lines.append(self.training.phases.describe())
     targets = self._settings.runtime.targets
     if targets:
       lines.append(f'{len(targets)} remote TFF workers: {", ".join(targets)}')
@@ -159,7 +165,7 @@ class FedAvg(algorithm_lib.Algorithm):
 
   def run_round(self, state, round_num: int,
                 picked: np.ndarray) -> algorithm_lib.RoundResult:
-    training = self._training
+    training = self._training.at_round(round_num)
     epochs = self._ts.client.epochs
     examples = [epochs * self._sizes[i] for i in picked]
     flops = [n * training.client_task.train_flops_per_example
@@ -170,15 +176,24 @@ class FedAvg(algorithm_lib.Algorithm):
         self._run.clients_per_round)
     outcome = fault_rounds.run_round(
         training, state, plan, self._client_data(round_num, picked))
+    bytes_down, extra = outcome.bytes_down, {}
+    phases = self._training.phases
+    if phases is not None:
+      # Masks go only to the sampled clients that do not hold them.
+      bytes_down += phases.mask_bytes_down(
+          round_num, picked, lambda r: sampling.sample_clients(
+              self.num_clients, self.sampled_per_round, self._run.seed, r))
+      if outcome.metrics is not None:
+        extra['sparsity'] = float(outcome.metrics['pruning']['sparsity'])
     return algorithm_lib.RoundResult(outcome.state, {
         'train_loss': outcome.train_metric('loss'),
         'train_accuracy': outcome.train_metric('accuracy'),
-        'bytes_down': outcome.bytes_down,
+        'bytes_down': bytes_down,
         'bytes_up': outcome.bytes_up,
         'client_flops': float(np.mean(flops)),
         'zeroed': outcome.zeroed,
         **fault_rounds.columns(plan),
-    })
+    }, extra)
 
   def evaluate(self, state) -> tuple[dict, dict]:
     evaluation = self._feed.evaluation if self._feed else self.evaluation
@@ -198,6 +213,7 @@ class FedAvg(algorithm_lib.Algorithm):
   def final_weights(self, state) -> list[np.ndarray]:
     weights: tff.learning.models.ModelWeights = (
         self._training.process.get_model_weights(state))
+    self._final_trainable = [np.asarray(w) for w in weights.trainable]
     return [np.asarray(w) for w in tf.nest.flatten(
         (weights.trainable, weights.non_trainable))]
 
@@ -214,6 +230,9 @@ class FedAvg(algorithm_lib.Algorithm):
       })
     if self._ts.faults.active:
       out['faults'] = fault_rounds.summarize(rows)
+    phases = self.training.phases
+    if phases is not None and self._final_trainable is not None:
+      out['pruning'] = phases.report(self._final_trainable)
     return out
 
 

@@ -15,6 +15,10 @@ from tff_compress.fedavg import registry
 from tff_compress.fedavg import settings
 from tff_compress.learning import keyed
 from tff_compress.learning import task as task_lib
+from tff_compress.pruning import masks as pruning_masks
+from tff_compress.pruning import phases as pruning_phases
+from tff_compress.pruning import process as pruning_process
+from tff_compress.pruning import schedule as pruning_schedule
 
 
 def build_initial_weights_fn(task: task_lib.Task) -> tff.Computation:
@@ -51,6 +55,14 @@ class Training:
   client_task: task_lib.Task  # the model a client trains (a submodel?)
   plan: Optional[submodel_lib.SubmodelPlan] = None
   injects_faults: bool = False  # client work poisons per fault code
+  # Pruning: one process per schedule phase (`at_round`); this Training is
+  # the first phase's.
+  phases: Optional[pruning_phases.Phases] = None
+
+  def at_round(self, round_num: int) -> 'Training':
+    """The Training that runs round `round_num` (a pruned run switches
+    process at mask updates; all share one state type)."""
+    return self if self.phases is None else self.phases.training(round_num)
 
   def client_inputs(self, datasets: list,
                     faults: Optional[Sequence[int]] = None) -> list:
@@ -112,9 +124,50 @@ def build_dropout_learning_process(
   return process, sub_task
 
 
+def build_pruned_training(ts: settings.TrainingSettings,
+                          task: task_lib.Task) -> Training:
+  """Federated pruning: the first phase's Training, with all `phases`.
+
+  Each phase (`pruning/schedule.py`) is `pruning.process`'s composition of
+  the configured client work on the phase's client model, the registry's
+  aggregator on the compact update and the server optimizer.
+  """
+  layout = pruning_masks.build_layout(task.keras_model_fn(), ts.pruning)
+  schedule = pruning_schedule.Schedule.from_settings(ts.pruning)
+  initial_weights_fn = build_initial_weights_fn(task)
+  finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
+      registry.build_server_optimizer(ts.server),
+      initial_weights_fn.type_signature.result)
+  works = {}  # phases whose clients train the same model share its work
+
+  def client_task(sparsity: float) -> task_lib.Task:
+    return layout.client_task(task, sparsity)
+
+  def build(sparsity: float) -> Training:
+    sub_task = client_task(sparsity)
+    key = layout.client_model_key(sparsity)
+    if key not in works:
+      weights_type = build_initial_weights_fn(sub_task).type_signature.result
+      works[key] = (weights_type, registry.build_client_work(
+          ts, sub_task, weights_type))
+    weights_type, client_work = works[key]
+    process = pruning_process.build_phase_process(
+        layout=layout, sparsity=sparsity,
+        initial_weights_fn=initial_weights_fn,
+        client_weights_type=weights_type, client_work=client_work,
+        aggregator=registry.build_aggregator(ts), finalizer=finalizer,
+        codec=ts.broadcast, seed=ts.seed)
+    return Training(process, sub_task, injects_faults=ts.faults.poisons)
+
+  phases = pruning_phases.Phases(schedule, layout, build, client_task)
+  return dataclasses.replace(phases.training(1), phases=phases)
+
+
 def build_training(ts: settings.TrainingSettings,
                    task: task_lib.Task) -> Training:
-  """The learning process of `ts`, with or without Federated Dropout."""
+  """The learning process of `ts`: plain, Federated Dropout or pruned."""
+  if ts.pruning.active:
+    return build_pruned_training(ts, task)
   plan = dropout_plan(ts, task)
   injects = ts.faults.poisons
   if plan is None:

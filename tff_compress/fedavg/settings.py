@@ -9,6 +9,7 @@ from tff_compress.dropout import settings as dropout_settings
 from tff_compress.encoders import settings as codec_settings
 from tff_compress.faults import settings as fault_settings
 from tff_compress.privacy import settings as privacy_settings
+from tff_compress.pruning import settings as pruning_settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +67,7 @@ class TrainingSettings:
   dp: privacy_settings.DpSettings
   secagg: privacy_settings.SecAggSettings
   faults: fault_settings.FaultSettings
+  pruning: pruning_settings.PruningSettings
 
   @classmethod
   def of(cls, settings) -> 'TrainingSettings':
