@@ -7,9 +7,9 @@ such step train under one mask of that step's sparsity. A phase has static
 tensor shapes (its kept counts), so each phase is one TFF learning process
 (`pruning/process.py`) and a run switches process at mask updates.
 
-Rounds count from 1. Phase 0 always starts at round 1 with sparsity 0 (the
-dense model, no mask yet); a step whose sparsity equals the current one
-(tfmot's first step, at `begin_round`) starts no new phase.
+Rounds count from 1. Phase 0 starts at round 1, dense (sparsity 0, no mask
+yet) unless a step falls on round 1; a step whose sparsity equals the
+current one (tfmot's first step, at `begin_round`) starts no new phase.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ class Schedule:
   phases: tuple[Phase, ...]
 
   def __post_init__(self):
-    if not self.phases or self.phases[0] != Phase(1, 0.0):
-      raise ValueError(f'a schedule starts with Phase(1, 0.0), got '
+    if not self.phases or self.phases[0].start != 1:
+      raise ValueError(f'a schedule starts at round 1, got '
                        f'{self.phases[:1]}')
     starts = [p.start for p in self.phases]
     if starts != sorted(set(starts)):
@@ -63,7 +63,11 @@ class Schedule:
       prune, s = rule(step)
       # float32 is tfmot's precision; the round trip keeps e.g. 0.5 exact.
       s = float(np.float32(s))
-      if bool(prune) and s != phases[-1].sparsity:
+      if not bool(prune) or s == phases[-1].sparsity:
+        continue
+      if step == 1:  # pruned from the first round on
+        phases[0] = Phase(1, s)
+      else:
         phases.append(Phase(step, s))
     return cls(tuple(phases))
 
