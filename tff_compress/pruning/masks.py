@@ -487,6 +487,22 @@ class UnitLayout(Layout):
   def mask_shapes(self):
     return tuple((self._units[n],) for n in self.layers)
 
+  @property
+  def units(self) -> dict[str, int]:
+    """{pruned layer: its full width}."""
+    return {n: self._units[n] for n in self.layers}
+
+  def alive_units(self, trainable: Sequence[np.ndarray]) -> dict[str, int]:
+    """{pruned layer: units with a non-zero incoming weight or bias}."""
+    out = {}
+    for name in self.layers:
+      kernel = np.asarray(trainable[self._kernel[name]])
+      alive = np.any(kernel != 0, axis=tuple(range(kernel.ndim - 1)))
+      if name in self._bias:
+        alive |= np.asarray(trainable[self._bias[name]]) != 0
+      out[name] = int(alive.sum())
+    return out
+
   def kept(self, sparsity):
     if sparsity == 0.0:
       return tuple(self._units[n] for n in self.layers)

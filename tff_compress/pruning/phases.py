@@ -84,14 +84,16 @@ class Phases:
         'achieved_sparsity': report.sparsity,
         'achieved_sparsity_per_layer': report.per_layer(),
         'mask_updates': [{'round': p.start, 'sparsity': p.sparsity}
-                         for p in self.schedule.phases[1:]],
+                         for p in self.schedule.phases if p.sparsity > 0],
         'mask_message_bytes': self.layout.mask_message_bytes(),
         'nonzero_params': int(sum(np.count_nonzero(w) for w in trainable)),
     }
     if self.layout.structure == 'units':
+      # Measured: a unit is kept if any of its incoming weights or its
+      # bias is non-zero; `target_sparsity` is the fraction of units.
       task = self._client_task(final)
-      out['kept_units'] = dict(zip(self.layout.layers,
-                                   self.layout.kept(final)))
+      out['units'] = self.layout.units
+      out['kept_units'] = self.layout.alive_units(trainable)
       out['pruned_model_params'] = task.num_params
       out['pruned_model_train_flops_per_example'] = (
           task.train_flops_per_example)

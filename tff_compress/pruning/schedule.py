@@ -108,7 +108,8 @@ class Schedule:
     return sum(1 for c in picked if int(c) not in seen)
 
   def describe(self) -> str:
-    """'rounds 1, 4, 7, 10 -> 0 %, 35 %, 48 %, 50 %'."""
+    """'mask updates at rounds 4, 7, 10 -> 35.2 %, 48.1 %, 50.0 %'."""
+    pruned = [p for p in self.phases if p.sparsity > 0]
     return (f'mask updates at rounds '
-            f'{", ".join(str(p.start) for p in self.phases[1:])} -> '
-            f'{", ".join(f"{100 * p.sparsity:.1f} %" for p in self.phases[1:])}')
+            f'{", ".join(str(p.start) for p in pruned)} -> '
+            f'{", ".join(f"{100 * p.sparsity:.1f} %" for p in pruned)}')

@@ -116,6 +116,7 @@ class SimulatePruningTest(absltest.TestCase):
                      'pruning.structure': 'units', 'pruning.end_round': 2})
     run_dir, summary, _ = _run(cfg, 'units')
     p = summary['pruning']
+    self.assertEqual(p['units'], {'dense1': 64})
     self.assertEqual(p['kept_units'], {'dense1': 32})
     self.assertEqual(summary['client_model_params'],
                      p['pruned_model_params'])
