@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tests.tff_compress import run_utils
+from tests.tff_compress import runtime_testing
 from tests.tff_compress.learning import learning_testing
 from tff_compress.data import federated_data
 from tff_compress.fedavg import process
@@ -16,7 +17,6 @@ from tff_compress.learning import task as task_lib
 from tff_compress.models import flops
 from tff_compress.models import registry as model_registry
 from tff_compress.pruning import masks
-from tff_compress.runtime import local as local_runtime
 
 _datasets = learning_testing.random_datasets
 _SHAPE = learning_testing.SHAPE
@@ -54,7 +54,7 @@ def _trainable(training, state):
           training.process.get_model_weights(state).trainable]
 
 
-class ProcessTest(absltest.TestCase):
+class ProcessTest(runtime_testing.LocalRuntimeTestCase):
 
   def test_sparsity_zero_is_fedavg(self):
     """Phase 0 sends everything and trains under an all-ones mask."""
@@ -64,18 +64,17 @@ class ProcessTest(absltest.TestCase):
     plain = process.build_learning_process(
         _settings(**{'pruning.target': 0.0}), task)
     data = _datasets([12, 30, 7])
-    with local_runtime.local_context():
-      a, b = pruned.process.initialize(), plain.initialize()
-      for _ in range(2):
-        out_a, out_b = pruned.process.next(a, data), plain.next(b, data)
-        a, b = out_a.state, out_b.state
-      for x, y in zip(_flat(pruned.process.get_model_weights(a)),
-                      _flat(plain.get_model_weights(b))):
-        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
-      self.assertEqual(int(out_a.metrics['distributor']['bytes_down']),
-                       int(out_b.metrics['distributor']['bytes_down']))
-      self.assertEqual(int(out_a.metrics['aggregator']['bytes_up']),
-                       int(out_b.metrics['aggregator']['bytes_up']))
+    a, b = pruned.process.initialize(), plain.initialize()
+    for _ in range(2):
+      out_a, out_b = pruned.process.next(a, data), plain.next(b, data)
+      a, b = out_a.state, out_b.state
+    for x, y in zip(_flat(pruned.process.get_model_weights(a)),
+                    _flat(plain.get_model_weights(b))):
+      np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    self.assertEqual(int(out_a.metrics['distributor']['bytes_down']),
+                     int(out_b.metrics['distributor']['bytes_down']))
+    self.assertEqual(int(out_a.metrics['aggregator']['bytes_up']),
+                     int(out_b.metrics['aggregator']['bytes_up']))
 
   def test_masked_coordinates_stay_zero_and_bytes_follow(self):
     task = _task()
@@ -85,36 +84,35 @@ class ProcessTest(absltest.TestCase):
     self.assertIsNot(phase, training)
     kept = layout.kept(0.5)
     data = _datasets([12, 30, 7])
-    with local_runtime.local_context():
-      state = training.process.initialize()
-      state = training.process.next(state, data).state  # dense round
-      masks_seen = []
-      for _ in range(3):
-        out = phase.process.next(state, data)
-        state = out.state
-        weights = _trainable(phase, state)
-        current = [np.asarray(m) for m in state.distributor['masks']]
-        masks_seen.append(current)
-        for i, mask in zip(layout.kernel_index, current):
-          self.assertEqual(int(mask.sum()), kept[layout.kernel_index.index(i)])
-          # exactly zero although server momentum keeps pushing
-          self.assertTrue(np.all(weights[i][~mask] == 0.0))
-          self.assertGreater(np.count_nonzero(weights[i][mask]),
-                             0.99 * mask.sum())
-      for later in masks_seen[1:]:  # the mask is decided once per phase
-        for a, b in zip(masks_seen[0], later):
-          np.testing.assert_array_equal(a, b)
-      sizes = [int(np.prod(s)) for s in layout.full_shapes]
-      for i, k in zip(layout.kernel_index, kept):
-        sizes[i] = k
-      self.assertEqual(int(out.metrics['distributor']['bytes_down']),
-                       3 * 4 * sum(sizes))
-      self.assertEqual(int(out.metrics['aggregator']['bytes_up']),
-                       3 * (4 * sum(sizes) + 4))
-      self.assertEqual(int(out.metrics['pruning']['mask_bytes']),
-                       layout.mask_message_bytes())
-      self.assertAlmostEqual(float(out.metrics['pruning']['sparsity']), 0.5,
-                             places=6)
+    state = training.process.initialize()
+    state = training.process.next(state, data).state  # dense round
+    masks_seen = []
+    for _ in range(3):
+      out = phase.process.next(state, data)
+      state = out.state
+      weights = _trainable(phase, state)
+      current = [np.asarray(m) for m in state.distributor['masks']]
+      masks_seen.append(current)
+      for i, mask in zip(layout.kernel_index, current):
+        self.assertEqual(int(mask.sum()), kept[layout.kernel_index.index(i)])
+        # exactly zero although server momentum keeps pushing
+        self.assertTrue(np.all(weights[i][~mask] == 0.0))
+        self.assertGreater(np.count_nonzero(weights[i][mask]),
+                           0.99 * mask.sum())
+    for later in masks_seen[1:]:  # the mask is decided once per phase
+      for a, b in zip(masks_seen[0], later):
+        np.testing.assert_array_equal(a, b)
+    sizes = [int(np.prod(s)) for s in layout.full_shapes]
+    for i, k in zip(layout.kernel_index, kept):
+      sizes[i] = k
+    self.assertEqual(int(out.metrics['distributor']['bytes_down']),
+                     3 * 4 * sum(sizes))
+    self.assertEqual(int(out.metrics['aggregator']['bytes_up']),
+                     3 * (4 * sum(sizes) + 4))
+    self.assertEqual(int(out.metrics['pruning']['mask_bytes']),
+                     layout.mask_message_bytes())
+    self.assertAlmostEqual(float(out.metrics['pruning']['sparsity']), 0.5,
+                           places=6)
 
   def test_client_trains_under_the_mask(self):
     """One client, server SGD at lr 1: the new model is the client's model
@@ -130,12 +128,11 @@ class ProcessTest(absltest.TestCase):
     y = rng.integers(0, 10, 24).astype(np.int32)
     data = tf.data.Dataset.from_tensor_slices(
         collections.OrderedDict(x=x, y=y)).batch(8)
-    with local_runtime.local_context():
-      state = phase.process.initialize()
-      start = _trainable(phase, state)
-      state = phase.process.next(state, [data]).state
-      got = _trainable(phase, state)
-      mask = [np.asarray(m) for m in state.distributor['masks']]
+    state = phase.process.initialize()
+    start = _trainable(phase, state)
+    state = phase.process.next(state, [data]).state
+    got = _trainable(phase, state)
+    mask = [np.asarray(m) for m in state.distributor['masks']]
     coverage = [np.ones(s, np.float32) for s in layout.full_shapes]
     for i, m in zip(layout.kernel_index, mask):
       coverage[i] = m.astype(np.float32)
@@ -169,23 +166,22 @@ class ProcessTest(absltest.TestCase):
     plain_sub = process.build_learning_process(
         _settings(**{'pruning.target': 0.0, 'server.momentum': 0.0}),
         phase.client_task)
-    with local_runtime.local_context():
-      state = phase.process.initialize()
-      start = _trainable(phase, state)
-      out = phase.process.next(state, data)
-      got = _trainable(phase, out.state)
-      mask = [tf.constant(m) for m in out.state.distributor['masks']]
-      sub_start = [np.asarray(w) for w in layout.compact(start, mask, 0.5)]
-      sub_state = plain_sub.initialize()
-      sub_state = plain_sub.set_model_weights(
-          sub_state, type(plain_sub.get_model_weights(sub_state))(
-              sub_start, []))
-      sub_out = plain_sub.next(sub_state, data)
-      want = layout.expand(
-          list(plain_sub.get_model_weights(sub_out.state).trainable),
-          mask, 0.5)
-      self.assertEqual(int(out.metrics['distributor']['bytes_down']),
-                       int(sub_out.metrics['distributor']['bytes_down']))
+    state = phase.process.initialize()
+    start = _trainable(phase, state)
+    out = phase.process.next(state, data)
+    got = _trainable(phase, out.state)
+    mask = [tf.constant(m) for m in out.state.distributor['masks']]
+    sub_start = [np.asarray(w) for w in layout.compact(start, mask, 0.5)]
+    sub_state = plain_sub.initialize()
+    sub_state = plain_sub.set_model_weights(
+        sub_state, type(plain_sub.get_model_weights(sub_state))(
+            sub_start, []))
+    sub_out = plain_sub.next(sub_state, data)
+    want = layout.expand(
+        list(plain_sub.get_model_weights(sub_out.state).trainable),
+        mask, 0.5)
+    self.assertEqual(int(out.metrics['distributor']['bytes_down']),
+                     int(sub_out.metrics['distributor']['bytes_down']))
     for a, b in zip(got, want):
       np.testing.assert_allclose(a, np.asarray(b), rtol=1e-6, atol=1e-7)
 
@@ -200,12 +196,11 @@ class ProcessTest(absltest.TestCase):
     training = process.build_training(ts, task)
     layout = training.phases.layout
     phase = training.at_round(1)
-    with local_runtime.local_context():
-      state = phase.process.initialize()
-      start = _trainable(phase, state)
-      out = phase.process.next(state, _datasets([12, 30, 7]))
-      got = _trainable(phase, out.state)
-      mask = [np.asarray(m) for m in out.state.distributor['masks']]
+    state = phase.process.initialize()
+    start = _trainable(phase, state)
+    out = phase.process.next(state, _datasets([12, 30, 7]))
+    got = _trainable(phase, out.state)
+    mask = [np.asarray(m) for m in out.state.distributor['masks']]
     for i, m in zip(layout.kernel_index, mask):
       self.assertTrue(np.all(got[i][~m] == 0.0))
     # DP-FedAvg: K = 10 expected clients, each clipped to 0.3 (after
@@ -228,12 +223,11 @@ class ProcessTest(absltest.TestCase):
         _settings(**{'pruning.target': 0.8}), _task())
     layout = training.phases.layout
     data = _datasets([10, 10])
-    with local_runtime.local_context():
-      state = training.process.initialize()
-      counts = []
-      for r in range(1, 5):
-        state = training.at_round(r).process.next(state, data).state
-        counts.append([int(np.sum(m)) for m in state.distributor['masks']])
+    state = training.process.initialize()
+    counts = []
+    for r in range(1, 5):
+      state = training.at_round(r).process.next(state, data).state
+      counts.append([int(np.sum(m)) for m in state.distributor['masks']])
     schedule = training.phases.schedule
     self.assertEqual(counts, [list(layout.kept(schedule.phase(r).sparsity))
                               for r in range(1, 5)])
