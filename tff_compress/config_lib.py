@@ -35,6 +35,7 @@ from tff_compress.models import settings as model_settings
 from tff_compress.personalization import settings as personal_settings
 from tff_compress.privacy import settings as privacy_settings
 from tff_compress.program import settings as program_settings
+from tff_compress.pruning import settings as pruning_settings
 from tff_compress.runtime import settings as runtime_settings
 from tff_compress.tiers import settings as tier_settings
 
@@ -57,6 +58,7 @@ class Settings:
   secagg: privacy_settings.SecAggSettings
   faults: fault_settings.FaultSettings
   tiers: tier_settings.TierSettings
+  pruning: pruning_settings.PruningSettings
   gkt: gkt_settings.GktSettings
   personalization: personal_settings.PersonalizationSettings
   fedper: personal_settings.FedPerSettings
@@ -77,6 +79,7 @@ SECTIONS: dict[str, type[settings_lib.Section]] = {
     'secagg': privacy_settings.SecAggSettings,
     'faults': fault_settings.FaultSettings,
     'tiers': tier_settings.TierSettings,
+    'pruning': pruning_settings.PruningSettings,
     'gkt': gkt_settings.GktSettings,
     'personalization': personal_settings.PersonalizationSettings,
     'fedper': personal_settings.FedPerSettings,
@@ -91,7 +94,8 @@ EXECUTION_SECTIONS = (runtime_settings.RuntimeSettings.SECTION,)
 # its hash, its run directory and its `config.json` (resume, sweep cells).
 OPTIONAL_SECTIONS = (tier_settings.TierSettings,
                      personal_settings.PersonalizationSettings,
-                     personal_settings.FedPerSettings)
+                     personal_settings.FedPerSettings,
+                     pruning_settings.PruningSettings)
 
 
 def _node(config: ml_collections.ConfigDict, section: str):

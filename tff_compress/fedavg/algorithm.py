@@ -102,6 +102,7 @@ class FedAvg(algorithm_lib.Algorithm):
           finetune=p13n.evaluate)
     self._eval_data = eval_datasets(data, self._run.eval_clients)
     self._feed: Optional[feed_lib.WorkerFeed] = None
+    self._final_trainable: Optional[list] = None  # for the pruning report
     self._accountant = accounting.RunAccountant(
         settings.dp, clients_per_round=self._run.clients_per_round,
         batch_size=self._ts.client.batch_size,
@@ -128,6 +129,9 @@ class FedAvg(algorithm_lib.Algorithm):
   def client_model_params(self) -> int:
     if self.tiered:
       return tier_metrics.mean_client_params(self.training)
+    phases = self.training.phases
+    if phases is not None:  # the model clients train at the end
+      return phases.client_task(self._run.rounds).num_params
     return self.training.client_task.num_params
 
   @property
@@ -156,6 +160,8 @@ class FedAvg(algorithm_lib.Algorithm):
           + f' | {sub.num_params:,} params, '
           f'{task.train_flops_per_example / sub.train_flops_per_example:.2f}'
           'x fewer FLOPs/example')
+    if not self.tiered and self.training.phases is not None:
+      lines.append(self.training.phases.describe())
     if self.held_out is not None:
       p = self._settings.personalization
       lines.append(
@@ -225,11 +231,11 @@ class FedAvg(algorithm_lib.Algorithm):
 
   def run_round(self, state, round_num: int,
                 picked: np.ndarray) -> algorithm_lib.RoundResult:
-    training = self._training
     epochs = self._ts.client.epochs
     examples = [epochs * self._sizes[i] for i in picked]
     if self.tiered:
       return self._run_tiered_round(state, round_num, picked, examples)
+    training = self._training.at_round(round_num)
     flops = [n * training.client_task.train_flops_per_example
              for n in examples]
     # Who reports (faults/schedule.py); only they enter process.next.
@@ -238,8 +244,19 @@ class FedAvg(algorithm_lib.Algorithm):
         self._run.clients_per_round)
     outcome = fault_rounds.run_round(
         training, state, plan, self._client_data(round_num, picked))
-    return self._with_personalization(algorithm_lib.RoundResult(
-        outcome.state, self._row(outcome, plan, flops)), round_num)
+    bytes_down, extra = outcome.bytes_down, {}
+    phases = self._training.phases
+    if phases is not None:
+      # Masks go only to the sampled clients that do not hold them.
+      bytes_down += phases.mask_bytes_down(
+          round_num, picked, lambda r: sampling.sample_clients(
+              self.num_clients, self.sampled_per_round, self._run.seed, r))
+      if outcome.metrics is not None:
+        extra['sparsity'] = float(outcome.metrics['pruning']['sparsity'])
+    row = self._row(outcome, plan, flops)
+    row['bytes_down'] = bytes_down
+    return self._with_personalization(
+        algorithm_lib.RoundResult(outcome.state, row, extra), round_num)
 
   def _row(self, outcome: fault_rounds.RoundOutcome,
            plan: fault_schedule.RoundPlan, flops: Sequence[float]) -> dict:
@@ -318,6 +335,7 @@ class FedAvg(algorithm_lib.Algorithm):
 
   def final_weights(self, state) -> list[np.ndarray]:
     weights = self._model_weights(state)
+    self._final_trainable = [np.asarray(w) for w in weights.trainable]
     return [np.asarray(w) for w in tf.nest.flatten(
         (weights.trainable, weights.non_trainable))]
 
@@ -340,6 +358,9 @@ class FedAvg(algorithm_lib.Algorithm):
                                                     self.RECEIVED_MODEL)
     if personalization is not None:
       out['personalization'] = personalization
+    phases = None if self.tiered else self.training.phases
+    if phases is not None and self._final_trainable is not None:
+      out['pruning'] = phases.report(self._final_trainable)
     return out
 
 

@@ -17,6 +17,10 @@ from tff_compress.learning import keyed
 from tff_compress.learning import task as task_lib
 from tff_compress.personalization import local_layers
 from tff_compress.privacy import factories as dp_factories
+from tff_compress.pruning import masks as pruning_masks
+from tff_compress.pruning import phases as pruning_phases
+from tff_compress.pruning import process as pruning_process
+from tff_compress.pruning import schedule as pruning_schedule
 from tff_compress.tiers import assignment as tier_assignment
 from tff_compress.tiers import process as tier_process
 from tff_compress.tiers import slicing as tier_slicing
@@ -59,6 +63,14 @@ class Training:
   # FedPer: the layers clients keep (`process` is then a
   # `local_layers.LocalLayersProcess`, fed by `local_layers.client_inputs`).
   local: Optional[local_layers.LayerSplit] = None
+  # Pruning: one process per schedule phase (`at_round`); this Training is
+  # the first phase's.
+  phases: Optional[pruning_phases.Phases] = None
+
+  def at_round(self, round_num: int) -> 'Training':
+    """The Training that runs round `round_num` (a pruned run switches
+    process at mask updates; all share one state type)."""
+    return self if self.phases is None else self.phases.training(round_num)
 
   def client_inputs(self, datasets: list,
                     faults: Optional[Sequence[int]] = None) -> list:
@@ -204,12 +216,53 @@ def build_local_layers_training(ts: settings.TrainingSettings,
   return Training(process, task, local=split)
 
 
+def build_pruned_training(ts: settings.TrainingSettings,
+                          task: task_lib.Task) -> Training:
+  """Federated pruning: the first phase's Training, with all `phases`.
+
+  Each phase (`pruning/schedule.py`) is `pruning.process`'s composition of
+  the configured client work on the phase's client model, the registry's
+  aggregator on the compact update and the server optimizer.
+  """
+  layout = pruning_masks.build_layout(task.keras_model_fn(), ts.pruning)
+  schedule = pruning_schedule.Schedule.from_settings(ts.pruning)
+  initial_weights_fn = build_initial_weights_fn(task)
+  finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
+      registry.build_server_optimizer(ts.server),
+      initial_weights_fn.type_signature.result)
+  works = {}  # phases whose clients train the same model share its work
+
+  def client_task(sparsity: float) -> task_lib.Task:
+    return layout.client_task(task, sparsity)
+
+  def build(sparsity: float) -> Training:
+    sub_task = client_task(sparsity)
+    key = layout.client_model_key(sparsity)
+    if key not in works:
+      weights_type = build_initial_weights_fn(sub_task).type_signature.result
+      works[key] = (weights_type, registry.build_client_work(
+          ts, sub_task, weights_type))
+    weights_type, client_work = works[key]
+    process = pruning_process.build_phase_process(
+        layout=layout, sparsity=sparsity,
+        initial_weights_fn=initial_weights_fn,
+        client_weights_type=weights_type, client_work=client_work,
+        aggregator=registry.build_aggregator(ts), finalizer=finalizer,
+        codec=ts.broadcast, seed=ts.seed)
+    return Training(process, sub_task, injects_faults=ts.faults.poisons)
+
+  phases = pruning_phases.Phases(schedule, layout, build, client_task)
+  return dataclasses.replace(phases.training(1), phases=phases)
+
+
 def build_training(ts: settings.TrainingSettings,
                    task: task_lib.Task) -> Training:
-  """The learning process of `ts`, with or without Federated Dropout
+  """The learning process of `ts`: plain, Federated Dropout or pruned
   (device tiers: `build_tiered_training`)."""
   if ts.tiers.active:
     raise ValueError('tiers.* is set: build it with build_tiered_training')
+  if ts.pruning.active:
+    return build_pruned_training(ts, task)
   plan = dropout_plan(ts, task)
   injects = ts.faults.poisons
   if plan is None:

@@ -9,6 +9,7 @@ from tff_compress.dropout import settings as dropout_settings
 from tff_compress.encoders import settings as codec_settings
 from tff_compress.faults import settings as fault_settings
 from tff_compress.privacy import settings as privacy_settings
+from tff_compress.pruning import settings as pruning_settings
 from tff_compress.tiers import settings as tier_settings
 
 # FedProx's mu when client.work=fedprox does not set it (the middle of the
@@ -90,6 +91,7 @@ class TrainingSettings:
   secagg: privacy_settings.SecAggSettings
   faults: fault_settings.FaultSettings
   tiers: tier_settings.TierSettings
+  pruning: pruning_settings.PruningSettings
 
   @classmethod
   def of(cls, settings) -> 'TrainingSettings':
