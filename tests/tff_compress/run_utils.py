@@ -14,6 +14,10 @@ import csv
 import os
 
 import numpy as np
+# Imported before absltest parses flags, as `tff_compress/cli.py` does:
+# config validation may build a Keras model (pruning.*), which fails when
+# TensorFlow is first imported after the flags are parsed.
+import tensorflow as tf  # pylint: disable=unused-import
 
 from tests.tff_compress import process_utils
 from tff_compress import config_lib
