@@ -33,11 +33,13 @@ process's CPU time.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import statistics
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 
@@ -314,6 +316,7 @@ def main(argv):
   _, weights, order, cases = _cases(model, _ROWS.value, _LR.value,
                                     _MOMENTUM.value)
   folder = tempfile.mkdtemp(prefix='op_benchmark_')
+  atexit.register(shutil.rmtree, folder, ignore_errors=True)
   for key, (fn, specs, _) in cases.items():
     with open(os.path.join(folder, key + '.tflite'), 'wb') as f:
       f.write(_convert(fn, specs, flex=key.startswith('flex_')))

@@ -29,11 +29,13 @@ reports the peak resident memory added by N steps at `--memory_rows`
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import statistics
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 
@@ -123,6 +125,7 @@ def main(argv):
       'parameters')()
   weights = [params[f'a{i}'] for i in range(len(params))]
   tmp = tempfile.mkdtemp(prefix='step_benchmark_')
+  atexit.register(shutil.rmtree, tmp, ignore_errors=True)
   flex_path = os.path.join(tmp, 'flex_recipe.tflite')
   recipe = flex_recipe.FlexRecipe(
       registry.build_model(manifest['model'], shape, classes, **kwargs),
