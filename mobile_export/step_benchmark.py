@@ -32,10 +32,10 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
-import shutil
 import tempfile
 import time
 
