@@ -61,8 +61,14 @@ def _words(seed: tf.Tensor) -> list[tf.Tensor]:
   return [w[i] for i in range(4)]
 
 
-def _absorb(words: Sequence[tf.Tensor], init: int) -> tf.Tensor:
-  """A 32-bit digest of `words` (sponge-like: xor in, add, mix)."""
+def _absorb(words: Sequence[tf.Tensor], init) -> tf.Tensor:
+  """A 32-bit digest of `words` (sponge-like: xor in, add, mix).
+
+  `init` is one int (a scalar digest) or a list of ints: independent
+  digests of the same words computed as lanes of one vector, which halves
+  the ops a graph holds for the two digests of `keys` and `fold_in` (every
+  random draw makes both; trace time is proportional to the op count).
+  """
   h = tf.constant(init, tf.int32)
   for w in words:
     h = mix32(tf.bitwise.bitwise_xor(h, tf.cast(w, tf.int32)) +
@@ -72,9 +78,8 @@ def _absorb(words: Sequence[tf.Tensor], init: int) -> tf.Tensor:
 
 def keys(seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
   """(a, b): odd multiplier and offset of the seed's counter stream."""
-  words = _words(seed)
-  a = _absorb(words, _KEY_A) * 2 + 1
-  return a, _absorb(words, _KEY_B)
+  digests = _absorb(_words(seed), [_KEY_A, _KEY_B])
+  return digests[0] * 2 + 1, digests[1]
 
 
 def _counters(n: int, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
@@ -155,8 +160,7 @@ def flip_signs(x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 def fold_in(seed: tf.Tensor, data: IntLike) -> tf.Tensor:
   """A new int64 [2] seed from `seed` and a 32-bit integer `data`."""
   words = _words(seed) + [tf.cast(data, tf.int32)]
-  return tf.cast(tf.stack([_absorb(words, _FOLD_0),
-                           _absorb(words, _FOLD_1)]), tf.int64)
+  return tf.cast(_absorb(words, [_FOLD_0, _FOLD_1]), tf.int64)
 
 
 def fingerprint(tensors: Sequence[tf.Tensor], seed: tf.Tensor) -> tf.Tensor:
