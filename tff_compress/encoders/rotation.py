@@ -3,8 +3,9 @@
 `HadamardStage` rotates 4,096-element chunks in place, so each chunk keeps
 its own energy: on a dense-layer update whose rows differ in norm by orders
 of magnitude, a quantizer with one scale per tensor wastes its levels on the
-quiet chunks (vNMSE 1.06-1.18 at 1 bit on the Caldas CNN's dense1 update vs
-0.57 for a whole-tensor rotation, benchmarks/codec_quality.py). A single
+quiet chunks (1-bit EDEN on the Caldas CNN's dense1 update: vNMSE 1.06-1.18
+and biased after the chunked rotation, 0.571 and unbiased after this one;
+benchmarks/codec_quality.py). A single
 randomized Hadamard over the zero-padded tensor (EDEN's and tfmot's) spreads
 it but pads to the next power of two: +31 % coordinates for the 1,605,632
 floats of dense1, +60 % for the 5,120-float logits kernel.
@@ -30,19 +31,24 @@ one shuffle (a transpose).
 Why three layers for unbiased EDEN. EDEN's scale makes the decode unbiased
 when R is uniformly (Haar) distributed (DRIVE, Vargaftik et al. 2021,
 Thm. 1): x-hat is then equivariant under every rotation fixing x, and its
-component along x is exactly x. A structured R is only close to Haar. On a
-400-float heavy-tailed vector, 4,000 seeds, 1-bit EDEN: one randomized
-Hadamard layer (EDEN's own rotation) leaves a relative bias of 0.46 (45x
-the noise floor), two layers 0.032 (2.8x), three layers 0.012 (1.0x, as a
-Haar rotation). Codecs that are unbiased by themselves (stochastic rounding)
-or meant to be biased (minimum-error broadcast) need two layers, for the
-spreading.
+component along x is exactly x. A structured R is only close to Haar.
+1-bit EDEN, 4,000 seeds (`codec_quality --sections=layers`): on a
+heavy-tailed 400-float vector one randomized Hadamard layer (as
+`HadamardStage`, and EDEN's own code) leaves a relative bias of 0.33 (27x
+the noise floor), two layers 0.17 (17x), three 0.012 (1.0x, as a Haar
+rotation would); on the CNN's real conv1 update one layer is 24x the floor,
+two and three 1.0x. Three layers also turn a one-hot input into Gaussian
+coordinates (kurtosis 3, tested). Codecs that are unbiased by themselves
+(stochastic rounding) or meant to be biased (minimum-error broadcast) need
+two layers, for the spreading (`factory.build_chain`).
 
 Sub-bit settings. With `keep` < 1 only the first k = max(1, round(keep w))
 coordinates of every row of the last layer are sent (EDEN's "rotation +
 random subset"). No positions are drawn: the rotation's random signs make
-the kept set random, and with D_{L-1}, D_L random, E[R^T P R] = (k / w) I
-exactly for that fixed P (every entry of H_w has magnitude 1/sqrt(w)). Hence
+the kept set random. For that fixed projection P, averaging over D_1 leaves
+only the diagonal of R^T P R, and averaging over D_L makes each diagonal
+entry k / w (every entry of H_w has magnitude 1/sqrt(w)), so
+E[R^T P R] = (k / w) I exactly. Hence
 the decode multiplied by w / k (`unbiased`) is unbiased with E||x-hat - x||^2
 = (w / k - 1) ||x||^2, the same as a uniformly random subset; without the
 factor it is the orthogonal projection, E||x-hat - x||^2 = (1 - k / w)
@@ -87,7 +93,7 @@ class RotationStage(stages.Stage):
   """Whole-tensor structured random rotation (see the module docstring).
 
   Args:
-    layers: Randomized Hadamard layers L >= 2 (3 makes EDEN's scale
+    layers: Randomized Hadamard layers L >= 2 (3 make EDEN's scale
       unbiased to within the noise of 4,000 seeds; 2 spread as well).
     keep: Fraction of the rotated coordinates sent, in (0, 1] (sub-bit).
     unbiased: With keep < 1, scale the decode by w / k (unbiased) or not
