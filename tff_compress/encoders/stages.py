@@ -351,7 +351,6 @@ class QuantizeStage(Stage):
     return lo + codes * ((hi - lo) / self.levels)
 
 
-_POW2 = [1 << j for j in range(8)]
 PACK_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16)
 
 
