@@ -34,12 +34,13 @@ def main(argv):
   import tensorflow_federated as tff
 
   from tff_compress import config_lib
-  from tff_compress import runtime
-  from tff_compress import simulate_lib
   from tff_compress.data import federated_data
   from tff_compress.data import registry as data_registry
-  from tff_compress.learning import process as process_lib
+  from tff_compress.fedavg import process as process_lib
+  from tff_compress.fedavg import settings as fedavg_settings
   from tff_compress.learning import task as task_lib
+  from tff_compress.program import sampling
+  from tff_compress.runtime import local as local_runtime
   # pylint: enable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
 
@@ -50,7 +51,8 @@ def main(argv):
 
   data = data_registry.build_federated_data(cfg.data, seed=cfg.seed)
   task = task_lib.build_task(cfg.model.name, data, seed=cfg.seed)
-  ours = process_lib.build_learning_process(cfg, task)
+  ours = process_lib.build_learning_process(
+      fedavg_settings.TrainingSettings.of(config_lib.settings(cfg)), task)
   theirs = tff.learning.algorithms.build_weighted_fed_avg(
       task.model_fn,
       client_optimizer_fn=tff.learning.optimizers.build_sgdm(
@@ -65,18 +67,18 @@ def main(argv):
       data.test_x, data.test_y, batch_size=100, epochs=1, shuffle_seed=0)]
 
   def client_data(round_num):
-    picked = simulate_lib.sample_clients(
+    picked = sampling.sample_clients(
         len(data.client_ids), cfg.clients_per_round, cfg.seed, round_num)
     out = []
     for i in picked:
       x, y = data.client_arrays(data.client_ids[i])
       out.append(federated_data.make_client_dataset(
           x, y, batch_size=cfg.client.batch_size, epochs=cfg.client.epochs,
-          shuffle_seed=simulate_lib.shuffle_seed(cfg.seed, round_num, int(i))))
+          shuffle_seed=sampling.shuffle_seed(cfg.seed, round_num, int(i))))
     return out
 
   times = collections.defaultdict(list)
-  with runtime.local_context():
+  with local_runtime.local_context():
     states = {'ours': ours.initialize(), 'tff': theirs.initialize()}
     procs = {'ours': ours, 'tff': theirs}
     total = _WARMUP.value + _ROUNDS.value

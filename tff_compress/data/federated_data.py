@@ -218,7 +218,7 @@ def make_client_dataset(
   into consecutive batches by :func:`batches_in_order`: ``ceil(epochs * n /
   batch_size)`` batches, the last one holding the remainder (a batch may span
   two passes). Remote workers build the same dataset from the same seed with
-  the same two functions (`tff_compress.data.on_worker`).
+  the same two functions (`tff_compress.data.store`, `runtime.feed`).
 
   Args:
     x: float32 ``[n, ...]`` images.
@@ -299,3 +299,14 @@ def batches_in_order(x, y, order, batch_size: int) -> tf.data.Dataset:
         x=tf.gather(xy[0], idx), y=tf.gather(xy[1], idx))
 
   return tf.data.Dataset.zip((arrays, indices)).map(gather)
+
+
+def eval_bounds(num_test: int, num_clients: int) -> list[tuple[int, int]]:
+  """The test split cut into ``min(num_clients, num_test)`` contiguous slices.
+
+  Returns:
+    ``[(start, stop), ...]`` with ``stop - start`` differing by at most 1.
+  """
+  num = max(1, min(num_clients, num_test))
+  bounds = np.linspace(0, num_test, num + 1).astype(int)
+  return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]

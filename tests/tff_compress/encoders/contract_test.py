@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_compress import runtime
+from tff_compress.runtime import local as local_runtime
 from tff_compress.encoders import chain as chain_lib
 from tff_compress.encoders import eden
 from tff_compress.encoders import factory
@@ -269,7 +269,7 @@ class ContractTest(parameterized.TestCase):
     round_trips = _round_trips([_ALL[k] for k in names])
     x, seed = _x(), np.array([3, 17], np.int64)
     in_tf = tf.function(round_trips)(x, tf.constant(seed))
-    with runtime.local_context():
+    with local_runtime.local_context():
       in_tff = tff.tensorflow.computation(
           round_trips, tff.TensorType(np.float32, [_N]),
           tff.TensorType(np.int64, [2]))(x.numpy(), seed)
