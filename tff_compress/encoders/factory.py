@@ -11,9 +11,9 @@ from tff_compress.encoders import stages
 
 CodecError = stages.CodecError
 
-TRANSFORMS = ('none', 'hadamard', 'kashin', 'rotation')
+TRANSFORMS = settings.TRANSFORMS
 BITS = settings.BITS
-QUANTIZERS = ('uniform', 'eden')
+QUANTIZERS = settings.QUANTIZERS
 SCALES = eden.SCALES
 
 
@@ -118,6 +118,10 @@ def build_chain(
 
 
 def chain_for(codec: settings.CodecSettings) -> chain_lib.Chain:
-  """The chain of one direction's settings (`broadcast.*` / `uplink.*`)."""
+  """The chain of one direction's settings (`broadcast.*` / `uplink.*`).
+
+  `scale='auto'` resolves per direction (`CodecSettings.resolved_scale`).
+  """
   return build_chain(transform=codec.transform, subsample=codec.subsample,
-                     bits=codec.bits, config_prefix=codec.prefix)
+                     bits=codec.bits, config_prefix=codec.prefix,
+                     quantizer=codec.quantizer, scale=codec.resolved_scale)
