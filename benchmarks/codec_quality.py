@@ -222,8 +222,11 @@ def _padded_rate(n, bits):
   from tff_compress.encoders import rotation
   # pylint: enable=g-import-not-at-top
   c, w = rotation.geometry(n)
-  # A fractional rate sends two float32 scales (one per rate segment).
-  return min(8.0, round((peer_bits(n, bits, 1.0) * n - 64) / (c * w), 4))
+  # A fractional rate sends two float32 scales (one per rate segment). With
+  # no padding (n a power of two) the peer spends what our integer rate
+  # does, and the second scale would push the fractional rate just below it.
+  rate = round((peer_bits(n, bits, 1.0) * n - 64) / (c * w), 4)
+  return bits if rate <= bits else min(8.0, rate)
 
 
 def contenders_for(x, peer_module):
