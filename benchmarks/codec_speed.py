@@ -1,12 +1,16 @@
 """Benchmark: our codec chains vs tfmot's tensor_encoding on the Caldas CNN.
 
-Encode+decode of every Caldas CNN tensor with >= 1000 elements (the ones the
-codecs compress: 800, 51,200, 1,605,632 and 5,120 floats), both as
-`tf.function` graphs in this process, alternating, warm-up then the median
-of N repetitions. tfmot's chain is Flatten -> Hadamard -> (stochastic)
-UniformQuantization -> Bitpacking (`te.encoders.hadamard_quantization`);
-ours is Hadamard -> stochastic quantize -> bitpack. MSE and bytes are printed
-so the comparison is like for like.
+Encode+decode of every Caldas CNN tensor the codecs compress (>= 1000
+elements, the default min_size: 51,200, 1,605,632 and 5,120 floats), all
+contenders as `tf.function` graphs in this process, alternating, warm-up
+then the median of N repetitions. tfmot's chain is Flatten -> Hadamard ->
+(stochastic) UniformQuantization -> Bitpacking
+(`te.encoders.hadamard_quantization`); ours are chunked Hadamard ->
+stochastic quantize -> bitpack, Kashin -> quantize -> bitpack, and the
+whole-tensor rotation -> EDEN -> bitpack (unbiased, 3 rotation layers; and
+the 2-layer minimum-error broadcast codec). MSE and bytes are printed so the
+comparison is like for like (these are the untrained model's weights, not
+updates: benchmarks/codec_quality.py has the error per bit on real updates).
 
   ./bazelw run //benchmarks:codec_speed -- --reps=15
 """
@@ -42,8 +46,8 @@ def main(argv):
   tensors = [tf.constant(w) for w in model.get_weights() if w.size >= 1000]
   print('tensors:', [int(t.shape.num_elements()) for t in tensors])
 
-  def ours(bits, transform='hadamard'):
-    chain = factory.build_chain(transform, 1.0, bits, 'bench')
+  def ours(bits, transform='hadamard', **kwargs):
+    chain = factory.build_chain(transform, 1.0, bits, 'bench', **kwargs)
 
     @tf.function
     def run(seed):
@@ -81,12 +85,16 @@ def main(argv):
                          for o, t in zip(out, tensors)]))
     return fn, mse, int(nbytes)
 
-  print(f'{"codec":<28} {"median ms":>10} {"MSE":>11} {"bytes":>11}')
+  print(f'{"codec":<30} {"median ms":>10} {"MSE":>11} {"bytes":>11}')
   for bits in map(int, _BITS.value):
     contenders = {
         f'ours hadamard {bits}-bit': timed(ours(bits)),
         f'tfmot hadamard {bits}-bit': timed(tfmot(bits)),
         f'ours kashin {bits}-bit': timed(ours(bits, 'kashin')),
+        f'ours rotation+eden {bits}-bit': timed(
+            ours(bits, 'rotation', quantizer='eden')),
+        f'ours eden mse {bits}-bit': timed(
+            ours(bits, 'rotation', quantizer='eden', scale='mse')),
     }
     times = {k: [] for k in contenders}
     seed = tf.constant([3, 4], tf.int64)
@@ -97,7 +105,7 @@ def main(argv):
         _ = result[1].numpy()
         times[name].append(time.perf_counter() - t0)
     for name, (_, mse, nbytes) in contenders.items():
-      print(f'{name:<28} {1e3 * statistics.median(times[name]):10.1f} '
+      print(f'{name:<30} {1e3 * statistics.median(times[name]):10.1f} '
             f'{mse:11.3e} {nbytes:11,d}')
     ratio = (statistics.median(times[f'tfmot hadamard {bits}-bit']) /
              statistics.median(times[f'ours hadamard {bits}-bit']))

@@ -39,7 +39,8 @@ _GRID = flags.DEFINE_bool('grid', True, 'Run the accuracy/ε grid.')
 _SCALE_CODECS = flags.DEFINE_list(
     'bound_scale_codecs', [],
     'Also report the decoded-norm bound\'s shrink factor for these codecs '
-    '(transform:bits:subsample, e.g. hadamard:2:1.0).')
+    '(transform:bits:subsample[:quantizer], e.g. hadamard:2:1.0 or '
+    'rotation:2:1.0:eden; quantizer defaults to uniform).')
 
 
 def base_config():
@@ -139,17 +140,18 @@ def main(argv):
     print(f'done {codec_name} sigma={sigma} acc '
           f'{summary["final_eval_accuracy"]:.4f}', flush=True)
 
-  scale_codecs = [v for v in codecs.values() if v[1] != 32] + [
-      (t, int(b), float(s)) for t, b, s in
-      (x.split(':') for x in _SCALE_CODECS.value)]
+  scale_codecs = [v + ('uniform',) for v in codecs.values() if v[1] != 32]
+  for spec in _SCALE_CODECS.value:
+    t, b, s, *q = spec.split(':')
+    scale_codecs.append((t, int(b), float(s), q[0] if q else 'uniform'))
   print('\nDecoded-norm bound: factor applied to first-round client updates '
         f'(clip {_CLIP.value}, 50 clients)')
-  print('| transform | bits | subsample | mean | min | max |')
-  print('|---|---|---|---|---|---|')
-  for t, b, s in scale_codecs:
+  print('| transform | quantizer | bits | subsample | mean | min | max |')
+  print('|---|---|---|---|---|---|---|')
+  for t, b, s, q in scale_codecs:
     scales = bound_scales(base_config(),
-                          codec_settings.UplinkCodec(t, b, s))
-    print(f'| {t} | {b} | {s} | {sum(scales) / len(scales):.3f} | '
+                          codec_settings.UplinkCodec(t, b, s, quantizer=q))
+    print(f'| {t} | {q} | {b} | {s} | {sum(scales) / len(scales):.3f} | '
           f'{min(scales):.3f} | {max(scales):.3f} |', flush=True)
 
   if not rows:

@@ -442,5 +442,6 @@ def export(run_dir: str, out_dir: Optional[str] = None,
 
 def _codec_json(codec) -> dict:
   return {'transform': codec.transform, 'bits': codec.bits,
+          'quantizer': codec.quantizer, 'scale': codec.resolved_scale,
           'subsample': codec.subsample, 'min_size': codec.min_size,
           'identity': codec.is_identity}

@@ -1,6 +1,6 @@
 """One federated round where TF-free device processes replace the clients.
 
-The simulated round is TFF's learning process (lossy Hadamard 8-bit
+The simulated round is TFF's learning process (lossy Hadamard 8-bit or EDEN 2-bit
 broadcast, client SGD with momentum, 2 local epochs, float uplink); the
 device round exports the same initial model with the export library, has
 the server encode the broadcast message, runs K reference clients in
@@ -224,6 +224,45 @@ class DropoutDeviceRoundTest(absltest.TestCase):
       np.testing.assert_array_equal(w1[c == 0], w0[c == 0])
       untrained += int((c == 0).sum())
     self.assertGreater(untrained, 0)  # 3 clients at p = 0.5 leave some
+
+
+class EdenDeviceRoundTest(absltest.TestCase):
+  """The round with a 2-bit EDEN broadcast after the whole-tensor rotation
+  (minimum-error scale, `broadcast.scale=auto`): the phone's builtin-only
+  `load_broadcast` decodes the model the simulation's clients train from.
+
+  The uplink stays float32: a lossy uplink's seed is a digest of the update
+  (`prng.update_seed`), and the phone's update differs from the
+  simulation's in the last float bits, so the two rounds draw different
+  quantization noise for any quantizer (a 4-bit Hadamard uplink: 12 %
+  apart). `trainer_test` checks the phone's uplink encoding against the
+  server's for the same seed; `encoders/tflite_test` EDEN's codes.
+  """
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    _run_round(cls, _config(**{
+        'broadcast.transform': 'rotation', 'broadcast.bits': 2,
+        'broadcast.quantizer': 'eden'}))
+
+  def test_global_model_matches_the_simulated_round(self):
+    for dev, sim, w0 in zip(self.w1_dev, self.w1_sim, self.w0):
+      self.assertGreater(np.abs(sim - w0).max(), 1e-3)
+      np.testing.assert_allclose(dev, sim, rtol=1e-4,
+                                 atol=1e-5 * np.abs(sim).max())
+
+  def test_manifest(self):
+    m = self.manifest
+    self.assertFalse(m['flex_required'])
+    self.assertEmpty(m['flex_ops'])
+    self.assertEqual(
+        {k: m['codecs']['broadcast'][k] for k in ('quantizer', 'scale')},
+        {'quantizer': 'eden', 'scale': 'mse'})
+    broadcast = m['broadcast_tensors'][0]
+    self.assertEqual([e['key'] for e in broadcast['entries']],
+                     ['eden/scale', 'values'])
+    self.assertEqual(broadcast['entries'][1]['dtype'], 'uint8')
 
 
 if __name__ == '__main__':

@@ -16,16 +16,18 @@ enforces it:
 
 Step 4 is exact because every codec stage is positively homogeneous of
 degree 1 in the message's float entries: decode(s · floats, codes) =
-s · decode(floats, codes) for s > 0. Per stage: the quantizer decodes
-min + code·(max − min)/L, linear in (min, max); packed integer codes are not
-touched; subsampling scatters its float values, the Hadamard and Kashin
-transforms are linear maps of theirs, and raw float32 tensors (small ones
-below `min_size`, or a bits=32 chain) are the values themselves. So scaling
-the side scalars of a quantized tensor scales its decoded vector without
-re-encoding and without changing a single code. `HOMOGENEOUS_STAGES` lists
-the stage types this was verified for (`tests/.../bounded_test.py` checks the
-identity per stage and the bound per chain); a chain with any other stage is
-refused.
+s · decode(floats, codes) for s > 0. Per stage: the uniform quantizer
+decodes min + code·(max − min)/L, linear in (min, max); EDEN decodes
+S · level[code], linear in its scale S; packed integer codes are not
+touched; subsampling scatters its float values, the Hadamard, whole-tensor
+rotation and Kashin transforms are linear maps of theirs, and raw float32
+tensors (small ones below `min_size`, or a bits=32 chain) are the values
+themselves. So scaling the side scalars of a quantized tensor scales its
+decoded vector without re-encoding and without changing a single code. Each
+stage declares this as its `homogeneous` attribute (`stages.Stage`; the
+encoders' contract test checks the identity for every stage that declares
+it, `tests/.../bounded_test.py` the bound per chain); a chain with any other
+stage is refused.
 
 `slack` (1e-5 relative) leaves room for a decoder whose floating-point
 re-association differs from the client's (another kernel, another device).
@@ -38,16 +40,8 @@ from typing import Any, NamedTuple
 import tensorflow as tf
 
 from tff_compress.encoders import prng
-from tff_compress.encoders import stages as stages_lib
 from tff_compress.encoders import structure
 
-HOMOGENEOUS_STAGES = (
-    stages_lib.HadamardStage,
-    stages_lib.KashinStage,
-    stages_lib.SubsampleStage,
-    stages_lib.QuantizeStage,
-    stages_lib.BitpackStage,
-)
 SLACK = 1e-5
 
 
@@ -93,7 +87,7 @@ def check_homogeneous(coder: structure.StructureCodec) -> None:
     if chain is None:
       continue
     for stage in chain.stages:
-      if not isinstance(stage, HOMOGENEOUS_STAGES):
+      if not stage.homogeneous:
         raise TypeError(
             f'codec stage {stage.name!r} ({type(stage).__name__}) is not '
             'known to decode homogeneously in its float side information; '

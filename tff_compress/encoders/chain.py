@@ -25,7 +25,11 @@ PayloadError = stages_lib.PayloadError
 
 
 class Chain:
-  """transform -> subsample -> quantize -> bitpack, each stage optional."""
+  """transform -> subsample -> quantize -> bitpack, each stage optional.
+
+  Its properties follow from the stages' declared attributes
+  (`stages.Stage`).
+  """
 
   def __init__(self, stages: Sequence[stages_lib.Stage]):
     self.stages = list(stages)
@@ -36,6 +40,29 @@ class Chain:
   @property
   def commutes_with_sum(self) -> bool:
     return all(s.commutes_with_sum for s in self.stages)
+
+  @property
+  def homogeneous(self) -> bool:
+    """decode is positively homogeneous of degree 1 in the float entries."""
+    return all(s.homogeneous for s in self.stages)
+
+  @property
+  def unbiased(self) -> bool:
+    """E_seed[decode(encode(x))] = x for every x.
+
+    Every stage must be unbiased, except that a stage with
+    `unbiased_if_rotated` (EDEN's unbiased scale) counts as unbiased after a
+    `haar_like` stage with only unbiased stages in between (DRIVE's
+    argument holds for any linear unbiased step between rotation and
+    quantizer, e.g. subsampling).
+    """
+    rotated = False
+    for s in self.stages:
+      if s.unbiased:
+        rotated = rotated or s.haar_like
+      elif not (rotated and s.unbiased_if_rotated):
+        return False
+    return True
 
   def lengths(self, n: int) -> list[int]:
     """Input length of each stage, then the final 'values' length."""

@@ -52,9 +52,11 @@ def fwht(x: tf.Tensor) -> tf.Tensor:
   b = n / a: reshaping each row to an a x b matrix X, H_n x = vec(H_a X H_b),
   i.e. two small dense matmuls costing 2 n (a + b) FLOPs instead of n log2 n
   butterfly adds; on CPU the matmuls run several times faster than log2(n)
-  reshape/add steps (benchmarks/codec_speed.py). The result (natural /
-  Sylvester order, scaled by 1/sqrt(n)) is symmetric and orthonormal, hence
-  its own inverse.
+  reshape/add steps (benchmarks/codec_speed.py). H_a X is one matmul
+  broadcast over the rows and X H_b one plain matmul, so no transposes are
+  materialised (half the time of the einsum form, same bits). The result
+  (natural / Sylvester order, scaled by 1/sqrt(n)) is symmetric and
+  orthonormal, hence its own inverse.
   """
   batch, n = x.shape
   if n & (n - 1):
@@ -62,18 +64,41 @@ def fwht(x: tf.Tensor) -> tf.Tensor:
   k = n.bit_length() - 1
   a = 1 << (k // 2)
   b = n // a
-  m = tf.reshape(x, [-1, a, b])
-  m = tf.einsum('ij,rjk->rik', _sylvester(a), m)
-  m = tf.einsum('rik,kl->ril', m, _sylvester(b))
+  m = tf.matmul(_sylvester(a), tf.reshape(x, [-1, a, b]))
+  m = tf.matmul(tf.reshape(m, [-1, b]), _sylvester(b))
   return tf.reshape(m, [-1 if batch is None else batch, n]) * (
       1.0 / math.sqrt(n))
 
 
 class Stage:
-  """Base class; see the module docstring for the contract."""
+  """Base class; see the module docstring for the contract.
+
+  Each stage declares, as class (or instance) attributes, the properties the
+  rest of the pipeline relies on; the defaults are the conservative ones and
+  every stage states its own. The contract test checks each declaration.
+
+  Attributes:
+    name: Prefix of the stage's side-information entries ('<name>/<key>').
+    unbiased: E_seed[decode(encode(x, seed), seed)] = x for every x.
+    homogeneous: decode is positively homogeneous of degree 1 in the float
+      entries of the message: decode(s * floats, ints) = s * decode(floats,
+      ints) for s > 0 (the DP decoded-norm bound, privacy/bounded.py, scales
+      a message's floats to bound its decoded norm).
+    commutes_with_sum: decode(a + b) = decode(a) + decode(b) for messages of
+      one seed (every entry float): sums can be decoded once.
+    haar_like: encode applies a seeded random orthonormal map (decode: its
+      transpose) close enough to a uniformly random rotation that EDEN's
+      unbiased scale after it gives an unbiased decode (`Chain.unbiased`).
+    unbiased_if_rotated: a deterministic quantizer whose decode is unbiased
+      when its input is a `haar_like` rotation of the vector (EDEN).
+  """
 
   name = 'stage'
+  unbiased = False
+  homogeneous = False
   commutes_with_sum = False
+  haar_like = False
+  unbiased_if_rotated = False
 
   def output_length(self, n: int) -> int:
     return n
@@ -104,7 +129,12 @@ class HadamardStage(Stage):
   """
 
   name = 'hadamard'
+  unbiased = True  # exact
+  homogeneous = True  # linear
   commutes_with_sum = True
+  # One randomized Hadamard layer is far from a uniform rotation: EDEN's
+  # scale after it leaves a large bias (rotation.py).
+  haar_like = False
 
   def __init__(self, chunk_size: int = 4096):
     if chunk_size < 2 or chunk_size & (chunk_size - 1):
@@ -125,14 +155,14 @@ class HadamardStage(Stage):
   def encode(self, x, seed):
     n = x.shape[0]
     m, w = self.output_length(n), self._width(n)
-    padded = tf.pad(x, [[0, m - n]]) * random_signs(m, seed)
+    padded = prng.flip_signs(tf.pad(x, [[0, m - n]]), seed)
     y = fwht(tf.reshape(padded, [m // w, w]))
     return collections.OrderedDict(values=tf.reshape(y, [m]))
 
   def decode(self, encoded, n, seed):
     m, w = self.output_length(n), self._width(n)
     y = tf.reshape(encoded['values'], [m // w, w])
-    x = tf.reshape(fwht(y), [m]) * random_signs(m, seed)
+    x = prng.flip_signs(tf.reshape(fwht(y), [m]), seed)
     return x[:n]
 
 
@@ -158,6 +188,8 @@ class KashinStage(Stage):
   """
 
   name = 'kashin'
+  unbiased = True  # exact
+  homogeneous = True  # decode is linear in the coefficients
   commutes_with_sum = True
 
   def __init__(self, frame_ratio: float = 2.0, iterations: int = 3,
@@ -236,6 +268,8 @@ class SubsampleStage(Stage):
   """
 
   name = 'subsample'
+  unbiased = True
+  homogeneous = True
   commutes_with_sum = True  # decode is linear for a fixed seed
 
   def __init__(self, fraction: float):
@@ -275,6 +309,8 @@ class QuantizeStage(Stage):
   """
 
   name = 'quantize'
+  unbiased = True
+  homogeneous = True  # min + code (max - min) / L is linear in (min, max)
   commutes_with_sum = False
 
   def __init__(self, bits: int):
@@ -315,72 +351,155 @@ class QuantizeStage(Stage):
     return lo + codes * ((hi - lo) / self.levels)
 
 
-_POW2 = [1 << j for j in range(8)]
+PACK_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16)
+
+
+def rate_segments(n: int, bits: float) -> list[tuple[int, int]]:
+  """[(count, bits)]: how n codes at a (possibly fractional) rate are split.
+
+  Integer `bits`: one segment. Fractional b in (1, 8): the first
+  round((b - floor(b)) n) codes have ceil(b) bits and the rest floor(b), so
+  the rate is b bits per code up to rounding (time-sharing between the two
+  neighbouring integer rates, which beats redundancy at the same rate:
+  benchmarks/codec_quality.py). Empty segments are dropped. The quantizer
+  that makes the codes (`eden.EdenStage`) and `BitpackStage` share this rule.
+  """
+  if float(bits).is_integer():
+    return [(n, int(bits))] if n else []
+  low = math.floor(bits)
+  high = int(round((bits - low) * n))
+  return [(k, b) for k, b in ((high, low + 1), (n - high, low)) if k]
+
+
+def check_rate(bits, what: str) -> None:
+  """CodecError unless `bits` is in PACK_BITS or a fraction in (1, 8)."""
+  ok = (not isinstance(bits, bool) and isinstance(bits, (int, float)) and
+        (bits in PACK_BITS or (1.0 < bits < 8.0)))
+  if not ok:
+    raise CodecError(f'{what} bits must be 1..8, 16 or a fractional rate in '
+                     f'(1, 8), got {bits!r}')
+
+
+def _pieces(b: int) -> tuple[int, int, list]:
+  """How g codes of b bits tile nb bytes: (g, nb, [(byte, code, shift,
+  length, offset)]): bits [shift, shift + length) of code j are bits
+  [offset, offset + length) of byte i. Code j holds the group's bits
+  [b j, b j + b), byte i its bits [8 i, 8 i + 8): least significant first.
+  """
+  g = 8 // math.gcd(b, 8)
+  nb = g * b // 8
+  pieces = []
+  for i in range(nb):
+    for j in range(g):
+      lo, hi = max(b * j, 8 * i), min(b * j + b, 8 * i + 8)
+      if lo < hi:
+        pieces.append((i, j, lo - b * j, hi - lo, lo - 8 * i))
+  return g, nb, pieces
+
+
+def _field(t: tf.Tensor, shift: int, length: int, width: int) -> tf.Tensor:
+  """Bits [shift, shift + length) of non-negative t < 2^width, as a value."""
+  if shift:
+    t = tf.bitwise.right_shift(t, shift)
+  if shift + length < width:
+    t = tf.math.floormod(t, 1 << length)
+  return t
+
+
+def _pack(codes: tf.Tensor, b: int) -> tf.Tensor:
+  """int32 codes < 2^b -> int32 bytes, ceil(k b / 8) of them, LSB first.
+
+  Codes go in groups of g = 8 / gcd(b, 8) (g b / 8 whole bytes); each byte
+  is a sum of shifted bit fields of the group's column slices. Left shifts
+  are multiplications and masks floor-mods (TFLite has RIGHT_SHIFT but no
+  LEFT_SHIFT or BITWISE_AND builtin). Column slices of a [k / g, g] view
+  beat a reduction over its short last axis 3-7x (TF's reduce kernels are
+  slow on an axis of 2-8 elements).
+  """
+  k = codes.shape[0]
+  g, nb, pieces = _pieces(b)
+  m = tf.reshape(tf.pad(codes, [[0, -k % g]]), [-1, g])
+  columns = [m[:, j] for j in range(g)]
+  out = []
+  for i in range(nb):
+    terms = [_field(columns[j], shift, length, b) * (1 << offset)
+             for byte, j, shift, length, offset in pieces if byte == i]
+    out.append(terms[0] if len(terms) == 1 else tf.add_n(terms))
+  packed = out[0] if nb == 1 else tf.reshape(tf.stack(out, 1), [-1])
+  return packed[:-(-k * b // 8)] if (k * b) % (8 * nb) else packed
+
+
+def _unpack(data: tf.Tensor, n: int, b: int) -> tf.Tensor:
+  """Inverse of `_pack`: int32 bytes -> the first n int32 codes.
+
+  For b dividing 8 every byte holds 8 / b whole codes: one gather of a
+  [256, 8 / b] table (2-4x faster than shifting each byte 8 / b times).
+  """
+  if 8 % b == 0:
+    per = 8 // b
+    table = [[(v >> (b * j)) % (1 << b) for j in range(per)]
+             for v in range(256)]
+    codes = tf.reshape(tf.gather(tf.constant(table, tf.int32), data), [-1])
+    return codes[:n] if codes.shape[0] != n else codes
+  g, nb, pieces = _pieces(b)
+  m = tf.reshape(tf.pad(data, [[0, -data.shape[0] % nb]]), [-1, nb])
+  columns = [m[:, i] for i in range(nb)]
+  out = []
+  for j in range(g):
+    terms = [_field(columns[i], offset, length, 8) * (1 << shift)
+             for i, code, shift, length, offset in pieces if code == j]
+    out.append(terms[0] if len(terms) == 1 else tf.add_n(terms))
+  codes = tf.reshape(tf.stack(out, 1), [-1])
+  return codes[:n] if codes.shape[0] != n else codes
 
 
 class BitpackStage(Stage):
   """Packs integer codes of `bits` bits densely into uint8 bytes.
 
-  k codes take ceil(k * bits / 8) bytes, least significant bits first.
-  1/2/4/8/16 bits use shifts within a byte (or two bytes); other widths go
-  through an explicit bit matrix. Left shifts are multiplications by 2^s and
-  masks are floor-mods (TFLite has RIGHT_SHIFT but no LEFT_SHIFT or
-  BITWISE_AND builtin); the bytes are the same.
+  k codes take ceil(k * bits / 8) bytes, least significant bits first
+  (`_pack`, `_unpack`). A fractional rate packs each segment of
+  `rate_segments` at its own width, one after the other (each segment starts
+  on a byte).
   """
 
   name = 'bitpack'
+  unbiased = True  # lossless
+  homogeneous = True  # no float entries
   commutes_with_sum = False
 
-  def __init__(self, bits: int):
-    if bits not in (1, 2, 3, 4, 5, 6, 7, 8, 16):
-      raise CodecError(f'bitpack bits must be 1..8 or 16, got {bits}')
+  def __init__(self, bits: float):
+    check_rate(bits, 'bitpack')
     self.bits = bits
 
   def output_length(self, n: int) -> int:
-    return -(-n * self.bits // 8)
+    return sum(-(-k * b // 8) for k, b in rate_segments(n, self.bits))
 
   def values_dtype(self):
     return tf.uint8
 
   def encode(self, codes, seed):
     del seed
-    k = codes.shape[0]
     codes = tf.cast(codes, tf.int32)
-    b = self.bits
-    if b == 16:
-      packed = tf.stack([codes % 256, codes // 256], axis=1)
-    elif 8 % b == 0:
-      per = 8 // b
-      padded = tf.pad(codes, [[0, -k % per]])
-      scales = tf.constant([1 << (b * j) for j in range(per)], tf.int32)
-      packed = tf.reduce_sum(tf.reshape(padded, [-1, per]) * scales, 1)
+    segments = rate_segments(codes.shape[0], self.bits)
+    if len(segments) == 1:
+      packed = _pack(codes, segments[0][1])
     else:
-      bit_idx = tf.range(b, dtype=tf.int32)
-      bits = tf.math.floormod(
-          tf.bitwise.right_shift(codes[:, None], bit_idx), 2)
-      flat = tf.reshape(bits, [-1])
-      flat = tf.pad(flat, [[0, -(k * b) % 8]])
-      packed = tf.reduce_sum(tf.reshape(flat, [-1, 8]) * _POW2[:8], 1)
-    return collections.OrderedDict(
-        values=tf.cast(tf.reshape(packed, [-1]), tf.uint8))
+      parts, start = [], 0
+      for k, b in segments:
+        parts.append(_pack(codes[start:start + k], b))
+        start += k
+      packed = tf.concat(parts, 0)
+    return collections.OrderedDict(values=tf.cast(packed, tf.uint8))
 
   def decode(self, encoded, n, seed):
     del seed
     data = tf.cast(encoded['values'], tf.int32)
-    b = self.bits
-    if b == 16:
-      pairs = tf.reshape(data, [-1, 2])
-      codes = pairs[:, 0] + 256 * pairs[:, 1]
-    elif 8 % b == 0:
-      per = 8 // b
-      shifts = tf.constant([b * j for j in range(per)], tf.int32)
-      codes = tf.math.floormod(
-          tf.bitwise.right_shift(data[:, None], shifts), 1 << b)
-      codes = tf.reshape(codes, [-1])
-    else:
-      bits = tf.math.floormod(
-          tf.bitwise.right_shift(data[:, None], tf.range(8, dtype=tf.int32)),
-          2)
-      flat = tf.reshape(bits, [-1])[:n * b]
-      codes = tf.reduce_sum(tf.reshape(flat, [n, b]) * _POW2[:b], 1)
-    return codes[:n]
+    segments = rate_segments(n, self.bits)
+    if len(segments) == 1:
+      return _unpack(data, n, segments[0][1])
+    parts, start = [], 0
+    for k, b in segments:
+      size = -(-k * b // 8)
+      parts.append(_unpack(data[start:start + size], k, b))
+      start += size
+    return tf.concat(parts, 0)

@@ -110,11 +110,17 @@ def unpack(spec: Spec, blob: bytes, n: int) -> 'collections.OrderedDict':
 
 
 def validate_side_info(encoded: Mapping[str, np.ndarray]) -> None:
-  """Side scalars must be finite and min <= max."""
+  """Side scalars must be finite, min <= max, and scales >= 0.
+
+  A negative EDEN scale ('<stage>/scale') would decode to the negated
+  vector; the encoder never sends one.
+  """
   for key, arr in encoded.items():
     if key != 'values' and np.asarray(arr).dtype.kind == 'f':
       if not np.all(np.isfinite(arr)):
         raise PayloadError(f'payload entry {key!r} is not finite')
+      if key.endswith('/scale') and np.any(np.asarray(arr) < 0):
+        raise PayloadError(f'payload entry {key!r} is negative')
   lo, hi = encoded.get('quantize/min'), encoded.get('quantize/max')
   if lo is not None and hi is not None and float(lo[0]) > float(hi[0]):
     raise PayloadError('payload quantize/min > quantize/max')

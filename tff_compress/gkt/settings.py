@@ -31,9 +31,13 @@ _FEDAVG_ONLY = (
     (codec_settings.BroadcastCodec, 'transform'),
     (codec_settings.BroadcastCodec, 'bits'),
     (codec_settings.BroadcastCodec, 'subsample'),
+    (codec_settings.BroadcastCodec, 'quantizer'),
+    (codec_settings.BroadcastCodec, 'scale'),
     (codec_settings.UplinkCodec, 'transform'),
     (codec_settings.UplinkCodec, 'bits'),
     (codec_settings.UplinkCodec, 'subsample'),
+    (codec_settings.UplinkCodec, 'quantizer'),
+    (codec_settings.UplinkCodec, 'scale'),
 )
 
 

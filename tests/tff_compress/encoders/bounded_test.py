@@ -8,9 +8,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_compress.encoders import factory as codec_factory
-from tff_compress.encoders import stages
 from tff_compress.encoders import bounded
+from tff_compress.encoders import eden
+from tff_compress.encoders import factory as codec_factory
+from tff_compress.encoders import rotation
+from tff_compress.encoders import stages
 from tff_compress.encoders import settings as codec_settings
 from tff_compress.encoders import structure
 
@@ -24,10 +26,13 @@ VALUE_TYPE = tff.StructWithPythonType(
     collections.OrderedDict)
 
 # Every stage and every position of the quantizer in a chain, both raw
-# float32 paths (bits=32 chain, identity codec).
+# float32 paths (bits=32 chain, identity codec); EDEN after the whole-tensor
+# rotation (with its own sub-bit keep) and after the chunked Hadamard.
 CODECS = [('none', 1.0, 1), ('none', 0.5, 8), ('hadamard', 1.0, 1),
           ('hadamard', 0.5, 2), ('kashin', 1.0, 2), ('kashin', 0.5, 1),
-          ('hadamard', 1.0, 32), ('none', 0.5, 32), ('none', 1.0, 32)]
+          ('hadamard', 1.0, 32), ('none', 0.5, 32), ('none', 1.0, 32),
+          ('rotation', 1.0, 1, 'eden'), ('rotation', 0.5, 2, 'eden'),
+          ('hadamard', 1.0, 4, 'eden'), ('rotation', 1.0, 2, 'eden', 'mse')]
 
 def _value(seed, scale, heavy_tail=False):
   rng = np.random.default_rng(seed)
@@ -46,8 +51,10 @@ def _decoded_norm(coder, message, seed):
 class BoundTest(parameterized.TestCase):
 
   @parameterized.parameters(*CODECS)
-  def test_decoded_norm_at_most_clip(self, transform, sub, bits):
-    codec = codec_settings.UplinkCodec(transform, bits, sub, min_size=1000)
+  def test_decoded_norm_at_most_clip(self, transform, sub, bits,
+                                     quantizer='uniform', scale='auto'):
+    codec = codec_settings.UplinkCodec(transform, bits, sub, min_size=1000,
+                                       quantizer=quantizer, scale=scale)
     coder = structure.StructureCodec(VALUE_TYPE, codec)
     encode = tf.function(
         lambda v, s, c: bounded.bounded_encode_with_info(coder, v, s, c))
@@ -131,9 +138,13 @@ class HomogeneityTest(parameterized.TestCase):
       ('subsample', stages.SubsampleStage(0.3)),
       ('quantize1', stages.QuantizeStage(1)),
       ('quantize4', stages.QuantizeStage(4)),
-      ('quantize16', stages.QuantizeStage(16)))
+      ('quantize16', stages.QuantizeStage(16)),
+      ('rotation', rotation.RotationStage()),
+      ('rotation_keep', rotation.RotationStage(keep=0.3)),
+      ('eden1', eden.EdenStage(1)),
+      ('eden3_mse', eden.EdenStage(3, scale='mse')))
   def test_stage_decode_scales_with_float_entries(self, unused_name, stage):
-    self.assertIsInstance(stage, bounded.HOMOGENEOUS_STAGES)
+    self.assertTrue(stage.homogeneous)
     n = 2000
     x = tf.constant(np.random.default_rng(2).normal(size=n), tf.float32)
     seed = tf.constant([9, 9], tf.int64)
@@ -150,8 +161,7 @@ class HomogeneityTest(parameterized.TestCase):
     self.assertFalse(any(t.dtype.is_floating for t in enc.values()))
     for bits in (1, 2, 8, 16):
       chain = codec_factory.build_chain('hadamard', 0.5, bits, 'uplink')
-      self.assertTrue(all(isinstance(s, bounded.HOMOGENEOUS_STAGES)
-                          for s in chain.stages))
+      self.assertTrue(chain.homogeneous)
 
 
 if __name__ == '__main__':

@@ -22,10 +22,15 @@ def _valid(chain, seed=0):
 
 class PayloadFuzzTest(parameterized.TestCase):
 
-  @parameterized.parameters(('none', 1.0, 32), ('hadamard', 1.0, 2),
-                            ('kashin', 0.5, 3), ('none', 0.5, 16))
-  def test_fuzzed_blobs_raise_payload_error_only(self, transform, sub, bits):
-    chain = factory.build_chain(transform, sub, bits, 'uplink')
+  @parameterized.parameters(
+      ('none', 1.0, 32), ('hadamard', 1.0, 2), ('kashin', 0.5, 3),
+      ('none', 0.5, 16), ('rotation', 1.0, 2, 'eden'),
+      ('rotation', 0.5, 2.5, 'eden', 'mse'), ('rotation', 1.0, 4))
+  def test_fuzzed_blobs_raise_payload_error_only(self, transform, sub, bits,
+                                                 quantizer='uniform',
+                                                 scale='unbiased'):
+    chain = factory.build_chain(transform, sub, bits, 'uplink',
+                                quantizer=quantizer, scale=scale)
     enc = _valid(chain)
     blob = chain.to_bytes(enc, _N)
     back = chain.from_bytes(blob, _N)
@@ -99,6 +104,16 @@ class PayloadFuzzTest(parameterized.TestCase):
     with self.assertRaisesRegex(chain_lib.PayloadError, 'elements'):
       chain.to_bytes(dict(enc, values=enc['values'][:-1]), _N)
 
+  def test_eden_scale_must_be_finite_and_non_negative(self):
+    chain = factory.build_chain('rotation', 1.0, 1.5, 'uplink',
+                                quantizer='eden')
+    enc = _valid(chain)
+    self.assertEqual(enc['eden/scale'].shape, (2,))  # one per rate segment
+    for bad, message in ((-1.0, 'negative'), (np.inf, 'not finite')):
+      forged = dict(enc, **{'eden/scale': np.array([1.0, bad], np.float32)})
+      with self.assertRaisesRegex(chain_lib.PayloadError, message):
+        chain.from_bytes(chain.to_bytes(forged, _N), _N)
+
 
 class FactoryTest(parameterized.TestCase):
 
@@ -107,8 +122,16 @@ class FactoryTest(parameterized.TestCase):
       (dict(bits=0), 'broadcast.bits'),
       (dict(bits=12), 'broadcast.bits'),
       (dict(bits=True), 'broadcast.bits'),
+      (dict(bits=2.5), 'broadcast.bits'),  # fractional: EDEN only
+      (dict(bits=16, quantizer='eden'), 'broadcast.bits'),
+      (dict(bits=0.5, quantizer='eden'), 'broadcast.bits'),
+      (dict(bits=8.5, quantizer='eden'), 'broadcast.bits'),
       (dict(subsample=0.0), 'broadcast.subsample'),
       (dict(subsample=1.5), 'broadcast.subsample'),
+      (dict(subsample=True), 'broadcast.subsample'),
+      (dict(quantizer='lloyd'), 'broadcast.quantizer'),
+      (dict(scale='min'), 'broadcast.scale'),
+      (dict(scale='mse'), "broadcast.scale='mse' needs"),
   )
   def test_invalid_settings_name_the_key(self, override, key):
     args = dict(transform='hadamard', subsample=1.0, bits=8)
@@ -116,11 +139,29 @@ class FactoryTest(parameterized.TestCase):
     with self.assertRaisesRegex(factory.CodecError, key):
       factory.build_chain(config_prefix='broadcast', **args)
 
+  def test_errors_list_the_allowed_values(self):
+    with self.assertRaisesRegex(factory.CodecError,
+                                'none, hadamard, kashin, rotation'):
+      factory.build_chain('fft', 1.0, 8, 'uplink')
+    with self.assertRaisesRegex(factory.CodecError, 'uniform, eden'):
+      factory.build_chain('none', 1.0, 8, 'uplink', quantizer='x')
+    with self.assertRaisesRegex(factory.CodecError, r'fractional rate in \(1, 8\)'):
+      factory.build_chain('none', 1.0, 9, 'uplink', quantizer='eden')
+
   def test_chain_order_follows_caldas(self):
     chain = factory.build_chain('kashin', 0.25, 2, 'uplink')
     self.assertEqual([s.name for s in chain.stages],
                      ['kashin', 'subsample', 'quantize', 'bitpack'])
     self.assertEqual(factory.build_chain('none', 1.0, 32, 'x').stages, [])
+    # The rotation subsamples itself (no separate subsample stage).
+    chain = factory.build_chain('rotation', 0.25, 1.5, 'uplink',
+                                quantizer='eden')
+    self.assertEqual([s.name for s in chain.stages],
+                     ['rotation', 'eden', 'bitpack'])
+    self.assertEqual(chain.stages[0].keep, 0.25)
+    self.assertEqual(factory.build_chain('rotation', 1.0, 32, 'x',
+                                         quantizer='eden').stages[0].name,
+                     'rotation')
 
 
 if __name__ == '__main__':

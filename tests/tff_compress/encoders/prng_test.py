@@ -43,6 +43,17 @@ class PrngStatisticsTest(absltest.TestCase):
     # Neighbouring signs (same hash word) are uncorrelated.
     self.assertLess(abs(np.mean(s[1:] * s[:-1])), 5 / np.sqrt(s.size))
 
+  def test_flip_signs_is_multiplication_by_signs(self):
+    for n in (1, 31, 32, 33, 4097):
+      x = tf.random.stateless_normal([n], [n, 1])
+      np.testing.assert_array_equal(prng.flip_signs(x, _seed(n)),
+                                    x * prng.signs(n, _seed(n)))
+    x = tf.reshape(tf.range(-6.0, 6.0), [3, 4])  # any shape; -0.0 too
+    flipped = prng.flip_signs(x, _seed(2)).numpy()
+    self.assertEqual(flipped.shape, (3, 4))
+    np.testing.assert_array_equal(np.signbit(flipped), np.signbit(
+        (x * tf.reshape(prng.signs(12, _seed(2)), [3, 4])).numpy()))
+
   def test_consecutive_seeds_are_independent(self):
     draws = tf.function(lambda: tf.stack(
         [prng.uniform(300, _seed(i)) for i in range(200)]))().numpy()
@@ -109,6 +120,7 @@ class PrngTfliteTest(absltest.TestCase):
             'hashes': prng.hashes(1001, seed),
             'uniform': prng.uniform(999, folded),
             'signs': prng.signs(1003, seed),
+            'flipped': prng.flip_signs(x, folded),
             'folded': folded,
             'fingerprint': prng.fingerprint([x, x[:5]], seed),
             'update_seed': prng.update_seed([x], 12345, round_num),
