@@ -177,13 +177,21 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
 
 def identity(config: ml_collections.ConfigDict) -> dict:
-  """What the run computes: the config without :data:`EXECUTION_SECTIONS`
-  and without :data:`OPTIONAL_SECTIONS` left at their defaults."""
+  """What the run computes: the config without :data:`EXECUTION_SECTIONS`,
+  without :data:`OPTIONAL_SECTIONS` left at their defaults and without keys
+  declared `added` (`settings_lib.field`) left at their defaults."""
   unused = {cls.SECTION for cls in OPTIONAL_SECTIONS
             if all(config[cls.SECTION][f.name] == f.default
                    for f in cls.keys())}
-  return {k: v for k, v in config.to_dict().items()
-          if k not in EXECUTION_SECTIONS and k not in unused}
+  out = {k: v for k, v in config.to_dict().items()
+         if k not in EXECUTION_SECTIONS and k not in unused}
+  for cls in SECTIONS.values():
+    node = out.get(cls.SECTION, {}) if cls.SECTION else out
+    for f in cls.keys():
+      if (f.metadata['added'] and f.name in node and
+          node[f.name] == f.default):
+        del node[f.name]
+  return out
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:

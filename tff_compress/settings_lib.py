@@ -36,10 +36,16 @@ class ConfigError(ValueError):
   """A config value is missing, of the wrong type or out of range."""
 
 
-def field(default: Any, rule: Rule, doc: str) -> Any:
-  """A config key: its default, its validation rule and one line of doc."""
+def field(default: Any, rule: Rule, doc: str, *, added: bool = False) -> Any:
+  """A config key: its default, its validation rule and one line of doc.
+
+  `added` marks a key added after runs were recorded: a config's identity
+  (`config_lib.identity`: its hash, run directory and `config.json`) leaves
+  it out while it is at its default, so those runs still resume.
+  """
   return dataclasses.field(default=default,
-                           metadata={'rule': rule, 'doc': doc})
+                           metadata={'rule': rule, 'doc': doc,
+                                     'added': added})
 
 
 class Section:

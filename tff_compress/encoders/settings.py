@@ -60,11 +60,12 @@ class CodecSettings(s.Section):
       'uniform', s.choice(QUANTIZERS),
       "uniform (Caldas et al.'s stochastic rounding between min and max) or "
       'eden (Lloyd-Max levels and one scale per tensor; use after a '
-      'rotation)')
+      'rotation)', added=True)
   scale: str = s.field(
       'auto', s.choice(SCALES),
       "eden's scale: unbiased, mse (minimum error, deterministic) or auto "
-      '(broadcast: mse, uplink: unbiased); uniform is always unbiased')
+      '(broadcast: mse, uplink: unbiased); uniform is always unbiased',
+      added=True)
 
   @property
   def prefix(self) -> str:

@@ -38,7 +38,7 @@ class ClientSettings(s.Section):
   proximal_strength: float = s.field(
       DEFAULT_PROXIMAL_STRENGTH, s.float_range(0.0),
       'client.work=fedprox: mu of the proximal term (mu/2) ||w - w_received||^2'
-      ' added to the local loss (0 = plain local SGD)')
+      ' added to the local loss (0 = plain local SGD)', added=True)
 
   @classmethod
   def check(cls, config) -> None:
