@@ -382,6 +382,9 @@ def tier_lines(rows: Sequence[dict]) -> list[str]:
       cells.append('—' if flops is None else f'{flops / 1e6:,.1f}')
       out.append(f'| {row["setting"]} | {name} | {acc_text} | '
                  + ' | '.join(cells) + ' |')
+  return out
+
+
 # `summary.json` personalization figures averaged over seeds (per-client
 # accuracy on the clients' own held-out parts; README "Personalization").
 P13N_KEYS = ('global_mean', 'global_p10', 'global_p90', 'finetuned_mean',

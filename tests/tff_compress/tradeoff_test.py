@@ -111,7 +111,7 @@ class ExpandTest(absltest.TestCase):
         'accuracy_vs_client_flops.png'])
 
 
-class PersonalizationResultsTest(absltest.TestCase):
+class ResultTablesTest(absltest.TestCase):
 
   def _summary(self, acc, p13n=None):
     s = {'final_eval_accuracy': acc, 'mean_bytes_down_per_client': 100.0,
@@ -150,6 +150,25 @@ class PersonalizationResultsTest(absltest.TestCase):
     tradeoff_lib.plot_personalization(rows, sweep_dir)
     self.assertTrue(os.path.exists(
         os.path.join(sweep_dir, 'personalization.png')))
+
+  def test_tier_lines_list_each_tiers_figures(self):
+    row = {'setting': 'tiers.mix=big:1:1.0, low:1:0.25', 'seeds': 2}
+    for name, acc, down, flops in (('big', 0.9, 6653480, 72.46e6),
+                                   ('low', 0.8, 420776, 5.02e6)):
+      row.update({f'tier_{name}_accuracy_mean': acc,
+                  f'tier_{name}_accuracy_std': 0.01,
+                  f'tier_{name}_bytes_down_per_client_round': down,
+                  f'tier_{name}_bytes_up_per_client_round': down,
+                  f'tier_{name}_client_flops_per_round': flops})
+    lines = tradeoff_lib.tier_lines([{'setting': 'baseline', 'seeds': 2},
+                                     row])
+    table = [l for l in lines if l.startswith('| tiers.')]
+    self.assertEqual(table, [
+        '| tiers.mix=big:1:1.0, low:1:0.25 | big | 0.9000 ± 0.0100 | '
+        '6,653,480 | 6,653,480 | 72.5 |',
+        '| tiers.mix=big:1:1.0, low:1:0.25 | low | 0.8000 ± 0.0100 | '
+        '420,776 | 420,776 | 5.0 |'])
+    self.assertEqual(tradeoff_lib.tier_lines([{'setting': 'baseline'}]), [])
 
   def test_no_personalization_no_columns(self):
     base = config_lib.load_config_file(_SMOKE)
