@@ -16,8 +16,8 @@ measurement machine has 2 shared cores):
 Each tier's deployed model is evaluated after the last round (results.md's
 device-tier table). Results: docs/results/tiers/ and docs/BENCHMARKS.md.
 
-`--config=configs/tradeoff_tiers.py:core` keeps the baseline, mix, low_alone
-and all_low grids only (the cells docs/BENCHMARKS.md measured, with
+`--config=configs/tradeoff_tiers.py:core` keeps the baseline, mix and
+low_alone grids only (the cells docs/BENCHMARKS.md measured, with
 `--config.rounds=20 --config.seeds='(0,)'`).
 """
 
@@ -26,7 +26,7 @@ from tff_compress import tradeoff_lib
 MIX = 'high:1:1.0, mid:1:0.5, low:1:0.25'
 
 
-CORE = ('mix', 'low_alone', 'all_low')
+CORE = ('mix', 'low_alone')
 
 
 def get_config(cells: str = ''):
