@@ -10,6 +10,10 @@ clients after the last round), 30 rounds (reduced from 50 for this shared
   e5 / dir_e5:           FedAvg with 5 local epochs (client drift) and
                          FedProx mu {0.01, 0.1, 1} at 5 epochs       (8 cells)
 12 cells x 2 seeds. Results: docs/results/personalization/, BENCHMARKS.md.
+
+`--config=configs/tradeoff_personalization.py:fedper` keeps the baseline and
+the fedper grid only (FedAvg + fine-tuning vs FedPer on the shards split:
+the cells docs/BENCHMARKS.md measured, with `--config.rounds=20`).
 """
 
 from tff_compress import tradeoff_lib
@@ -18,7 +22,11 @@ MUS = (0.01, 0.1, 1.0)
 _DIR = {'data.partition': 'dirichlet', 'data.dirichlet_alpha': 0.1}
 
 
-def get_config():
+def get_config(cells: str = ''):
+  """The sweep; `cells='fedper'` keeps the fedper grid only."""
+  if cells not in ('', 'fedper'):
+    raise ValueError("configs/tradeoff_personalization.py takes '' or "
+                     f"'fedper', not {cells!r}")
   c = tradeoff_lib.default_sweep_config()
   c.name = 'tradeoff_personalization'
   c.base = 'configs/personalization.py'
@@ -36,4 +44,8 @@ def get_config():
   c.grids.dir_e5_fedprox = grid({**_DIR, 'client.epochs': 5,
                                  'client.work': 'fedprox',
                                  'client.proximal_strength': MUS})
+  if cells == 'fedper':
+    for name in list(c.grids.keys()):
+      if name != 'fedper':
+        del c.grids[name]
   return c

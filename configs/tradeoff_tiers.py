@@ -15,6 +15,10 @@ measurement machine has 2 shared cores):
                uplink
 Each tier's deployed model is evaluated after the last round (results.md's
 device-tier table). Results: docs/results/tiers/ and docs/BENCHMARKS.md.
+
+`--config=configs/tradeoff_tiers.py:core` keeps the baseline, mix and
+low_alone grids only (the cells docs/BENCHMARKS.md measured, with
+`--config.rounds=20 --config.seeds='(0,)'`).
 """
 
 from tff_compress import tradeoff_lib
@@ -22,7 +26,14 @@ from tff_compress import tradeoff_lib
 MIX = 'high:1:1.0, mid:1:0.5, low:1:0.25'
 
 
-def get_config():
+CORE = ('mix', 'low_alone')
+
+
+def get_config(cells: str = ''):
+  """The sweep; `cells='core'` keeps the `CORE` grids only."""
+  if cells not in ('', 'core'):
+    raise ValueError(f"configs/tradeoff_tiers.py takes '' or 'core', not "
+                     f'{cells!r}')
   c = tradeoff_lib.default_sweep_config()
   c.name = 'tradeoff_tiers'
   c.base = 'configs/caldas_mnist.py'
@@ -39,4 +50,8 @@ def get_config():
                              'broadcast.bits': 4,
                              'uplink.transform': 'hadamard',
                              'uplink.bits': 1})
+  if cells == 'core':
+    for name in list(c.grids.keys()):
+      if name not in CORE:
+        del c.grids[name]
   return c
