@@ -27,7 +27,8 @@ class RegistryTest(parameterized.TestCase):
 
   def test_registered_names(self):
     self.assertEqual(sorted(registry.DATASETS),
-                     ['cifar10', 'cifar100', 'emnist', 'mnist_embedded'])
+                     ['cifar10', 'cifar100', 'emnist', 'mnist_embedded',
+                      'synthetic', 'synthetic_iid'])
 
   @parameterized.parameters('iid', 'dirichlet', 'shards')
   def test_mnist_embedded(self, partition_name):
