@@ -275,9 +275,10 @@ def make_client_dataset(
 
   The rows are gathered here, in numpy, and the dataset holds them in visiting
   order (``epochs * n`` rows: for ``epochs > 1``, `epochs` copies of the
-  client's data). That costs about 1 ms per client, against 20-50 ms for
-  tracing a gathering ``Dataset.map`` function per client, which dominated a
-  round of many small clients.
+  client's data). That is an order of magnitude cheaper than tracing a
+  gathering ``Dataset.map`` function per client, which dominated the driver's
+  share of a round of many small clients (``benchmarks/fedavg_overhead.py
+  --clients=...`` measures both).
 
   Args:
     x: float32 ``[n, ...]`` features.
@@ -315,8 +316,8 @@ def make_client_dataset(
 def _traced_client_order(epochs: int) -> Callable[..., tf.Tensor]:
   """:func:`client_order` for `epochs` passes, traced once per `epochs`.
 
-  Run eagerly, the order's handful of ops cost a few ms per client; one
-  traced function call costs well under 1 ms.
+  One call of the traced function replaces the eager dispatch of the order's
+  few ops per pass, which costs several times more per client.
   """
   return tf.function(
       lambda n, seed: client_order(n, epochs, seed),
