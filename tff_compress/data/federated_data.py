@@ -101,12 +101,14 @@ class FederatedData:
       raise DataError(
           f'dataset {self.name}: num_classes={self.num_classes} must be >= 1')
     if self.value_range is not None:
-      low, high = (float(v) for v in self.value_range)
-      if not (np.isfinite(low) and np.isfinite(high) and low < high):
+      bounds = np.asarray(self.value_range, dtype=np.float64)
+      if bounds.shape != (2,) or not (np.all(np.isfinite(bounds)) and
+                                      bounds[0] < bounds[1]):
         raise DataError(
             f'dataset {self.name}: value_range={self.value_range!r} must be '
             'finite (low, high) with low < high, or None')
-      object.__setattr__(self, 'value_range', (low, high))
+      object.__setattr__(self, 'value_range',
+                         (float(bounds[0]), float(bounds[1])))
     if self.client_sizes is not None:
       missing = [c for c in self.client_ids if c not in self.client_sizes]
       if missing:
@@ -155,7 +157,7 @@ class FederatedData:
           f'to {self.client_ids[-1]!r})')
 
   def client_arrays(self, client_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """The examples of one client, loaded once and cached (`cache_clients`).
+    """The examples of one client, cached after the first load if asked.
 
     Args:
       client_id: One of :attr:`client_ids`.

@@ -177,6 +177,8 @@ class FederatedDataTest(parameterized.TestCase):
        r'value_range=\(1.0, 0.0\) must be finite'),
       ('infinite_range', dict(value_range=(0.0, np.inf)),
        r'value_range=\(0.0, inf\) must be finite'),
+      ('three_bounds', dict(value_range=(0.0, 1.0, 2.0)),
+       r'value_range=\(0.0, 1.0, 2.0\) must be finite \(low, high\)'),
   )
   def test_invalid_construction(self, overrides, message):
     with self.assertRaisesRegex(DataError, message):
