@@ -36,7 +36,7 @@ from absl import flags
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # Before absl parses flags (see tff_compress/cli.py).
-import tensorflow as tf  # pylint: disable=unused-import,wrong-import-position
+import tensorflow as tf  # pylint: disable=wrong-import-position
 
 _CONFIG = flags.DEFINE_string(
     'config', 'configs/caldas_mnist.py', 'Config file (relative to workspace).')

@@ -45,7 +45,7 @@ from absl import flags
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # Before absl parses flags (see tff_compress/cli.py).
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow as tf  # pylint: disable=wrong-import-position
 
 _CONFIG = flags.DEFINE_string(
     'config', 'configs/many_clients.py', 'Config file (relative to workspace).')
@@ -91,7 +91,7 @@ def main(argv):
   from absl import logging
   import numpy as np
   import tensorflow_federated as tff
-  from tensorflow_federated.python.core.impl.executors import value_serialization
+  from tensorflow_federated.python.core.impl.executors import value_serialization  # pylint: disable=line-too-long
 
   from tff_compress import config_lib
   from tff_compress import runtime

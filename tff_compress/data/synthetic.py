@@ -1,4 +1,4 @@
-"""synthetic(alpha, beta): the federated benchmark of Li et al., generated lazily.
+"""synthetic(alpha, beta): Li et al.'s federated benchmark, generated lazily.
 
 The generator of T. Li et al., "Federated Optimization in Heterogeneous
 Networks" (FedProx, MLSys 2020, Section 5.1), as published in their code

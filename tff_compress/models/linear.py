@@ -1,4 +1,4 @@
-"""Multinomial logistic regression: LEAF's and FedProx's synthetic-data model."""
+"""Multinomial logistic regression, the model of the synthetic data."""
 
 from __future__ import annotations
 
