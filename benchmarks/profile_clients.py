@@ -2,6 +2,7 @@
 
   ./bazelw run //benchmarks:profile_clients -- \
       --config=configs/many_clients.py --clients=50,200 --repeats=5
+  ./bazelw run //benchmarks:profile_clients -- --model=logistic
 
 For each number of clients K, every stage below runs `repeats` times on the
 same K sampled clients, the stages in a rotating order so that machine drift
@@ -52,6 +53,9 @@ _CONFIG = flags.DEFINE_string(
 _CLIENTS = flags.DEFINE_list('clients', ['50', '200'],
                              'Numbers of clients per round to profile.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repetitions per stage.')
+_MODEL = flags.DEFINE_string(
+    'model', '', 'model.name to profile instead of the config\'s (e.g. '
+    'logistic vs dense: does the per-client cost depend on the model?).')
 
 
 def _one_graph_training(keras_model_fn, learning_rate: float):
@@ -109,7 +113,10 @@ def main(argv):
   path = _CONFIG.value
   if not os.path.isabs(path):
     path = os.path.join(os.environ.get('BUILD_WORKSPACE_DIRECTORY', '.'), path)
-  cfg = config_lib.validate(config_lib.load_config_file(path))
+  cfg = config_lib.load_config_file(path)
+  if _MODEL.value:
+    cfg.model.name = _MODEL.value
+  cfg = config_lib.validate(cfg)
   if cfg.server.optimizer != 'sgd' or cfg.client.momentum:
     raise app.UsageError('the TFF baseline here mirrors server.optimizer=sgd '
                          'and client.momentum=0 only')
