@@ -70,9 +70,9 @@ def bound_scales(cfg, codec, clients: int = 50):
   import numpy as np
   import tensorflow_federated as tff
   from tff_compress.data import registry as data_registry
-  from tff_compress.learning import encoded
+  from tff_compress.encoders import bounded
+  from tff_compress.encoders import structure
   from tff_compress.learning import task as task_lib
-  from tff_compress.privacy import bounded
   # pylint: enable=g-import-not-at-top
   data = data_registry.build_federated_data(cfg.data, seed=cfg.seed)
   model = task_lib.build_task(cfg.model.name, data,
@@ -80,7 +80,7 @@ def bound_scales(cfg, codec, clients: int = 50):
   value_type = tff.StructWithPythonType(
       [tff.TensorType(np.float32, v.shape) for v in model.trainable_variables],
       list)
-  coder = encoded.StructureCodec(value_type, codec)
+  coder = structure.StructureCodec(value_type, codec)
   loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
   encode = tf.function(lambda v, s: bounded.bounded_encode_with_info(
       coder, v, s, cfg.dp.clip).scale)
@@ -103,7 +103,7 @@ def main(argv):
   from absl import logging
   from tff_compress import config_lib
   from tff_compress import simulate_lib
-  from tff_compress.learning import encoded
+  from tff_compress.encoders import settings as codec_settings
   # pylint: enable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
 
@@ -147,8 +147,8 @@ def main(argv):
   print('| transform | bits | subsample | mean | min | max |')
   print('|---|---|---|---|---|---|')
   for t, b, s in scale_codecs:
-    scales = bound_scales(base_config(), encoded.CodecConfig('uplink', t, b,
-                                                             s))
+    scales = bound_scales(base_config(),
+                          codec_settings.UplinkCodec(t, b, s))
     print(f'| {t} | {b} | {s} | {sum(scales) / len(scales):.3f} | '
           f'{min(scales):.3f} | {max(scales):.3f} |', flush=True)
 

@@ -36,12 +36,13 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   from absl import logging
   from tff_compress import config_lib
-  from tff_compress import runtime
-  from tff_compress import simulate_lib
   from tff_compress.data import federated_data
   from tff_compress.data import registry as data_registry
-  from tff_compress.learning import process as process_lib
+  from tff_compress.fedavg import process as process_lib
+  from tff_compress.fedavg import settings as fedavg_settings
   from tff_compress.learning import task as task_lib
+  from tff_compress.program import sampling
+  from tff_compress.runtime import local as local_runtime
   # pylint: enable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
 
@@ -50,7 +51,8 @@ def main(argv):
   cfg = config_lib.validate(cfg)
   data = data_registry.build_federated_data(cfg.data, seed=cfg.seed)
   task = task_lib.build_task(cfg.model.name, data, seed=cfg.seed)
-  procs = {'sgd': process_lib.build_learning_process(cfg, task)}
+  procs = {'sgd': process_lib.build_learning_process(
+      fedavg_settings.TrainingSettings.of(config_lib.settings(cfg)), task)}
   for m in _MICROBATCHES.value:
     dp_cfg = config_lib.default_config()
     dp_cfg.model.name = _MODEL.value
@@ -58,22 +60,24 @@ def main(argv):
     dp_cfg.dp.microbatches = int(m)
     dp_cfg = config_lib.validate(dp_cfg)
     name = f'dpsgd m={int(m) or cfg.client.batch_size}'
-    procs[name] = process_lib.build_learning_process(dp_cfg, task)
+    procs[name] = process_lib.build_learning_process(
+        fedavg_settings.TrainingSettings.of(config_lib.settings(dp_cfg)),
+        task)
 
   def client_data(round_num):
-    picked = simulate_lib.sample_clients(
+    picked = sampling.sample_clients(
         len(data.client_ids), cfg.clients_per_round, cfg.seed, round_num)
     out = []
     for i in picked:
       x, y = data.client_arrays(data.client_ids[i])
       out.append(federated_data.make_client_dataset(
           x, y, batch_size=cfg.client.batch_size, epochs=cfg.client.epochs,
-          shuffle_seed=simulate_lib.shuffle_seed(cfg.seed, round_num, int(i))))
+          shuffle_seed=sampling.shuffle_seed(cfg.seed, round_num, int(i))))
     return out, sum(data.client_size(data.client_ids[i]) for i in picked)
 
   times = collections.defaultdict(list)
   names = list(procs)
-  with runtime.local_context():
+  with local_runtime.local_context():
     states = {n: p.initialize() for n, p in procs.items()}
     examples = 0
     for r in range(1, _WARMUP.value + _ROUNDS.value + 1):

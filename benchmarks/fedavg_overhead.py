@@ -62,12 +62,13 @@ def main(argv):
   import tensorflow_federated as tff
 
   from tff_compress import config_lib
-  from tff_compress import runtime
-  from tff_compress import simulate_lib
   from tff_compress.data import federated_data
   from tff_compress.data import registry as data_registry
-  from tff_compress.learning import process as process_lib
+  from tff_compress.fedavg import process as process_lib
+  from tff_compress.fedavg import settings as fedavg_settings
   from tff_compress.learning import task as task_lib
+  from tff_compress.program import sampling
+  from tff_compress.runtime import local as local_runtime
   # pylint: enable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
 
@@ -83,9 +84,11 @@ def main(argv):
     raise app.UsageError(f'--clients must lie in 1..data.num_clients '
                          f'({cfg.data.num_clients}), got {_CLIENTS.value}')
 
-  data = data_registry.build_federated_data(cfg.data, seed=cfg.seed)
+  settings = config_lib.settings(cfg)
+  data = data_registry.build_federated_data(settings.data, seed=cfg.seed)
   task = task_lib.build_task(cfg.model.name, data, seed=cfg.seed)
-  ours = process_lib.build_training(cfg, task).process
+  ours = process_lib.build_learning_process(
+      fedavg_settings.TrainingSettings.of(settings), task)
   theirs = tff.learning.algorithms.build_weighted_fed_avg(
       task.model_fn,
       client_optimizer_fn=tff.learning.optimizers.build_sgdm(
@@ -98,10 +101,10 @@ def main(argv):
       data.test_x, data.test_y, batch_size=100, epochs=1, shuffle_seed=0)]
 
   def sampled(round_num, k):
-    picked = simulate_lib.sample_clients(
+    picked = sampling.sample_clients(
         len(data.client_ids), k, cfg.seed, round_num)
     return [(data.client_arrays(data.client_ids[i]),
-             simulate_lib.shuffle_seed(cfg.seed, round_num, int(i)))
+             sampling.shuffle_seed(cfg.seed, round_num, int(i)))
             for i in picked]
 
   def ours_datasets(clients):
@@ -136,7 +139,7 @@ def main(argv):
     return out
 
   total = _WARMUP.value + _ROUNDS.value
-  with runtime.local_context():
+  with local_runtime.local_context():
     if not per_round:
       times = collections.defaultdict(list)
       states = {name: proc.initialize() for name, proc in procs.items()}

@@ -98,15 +98,16 @@ def main(argv):
   from tensorflow_federated.python.core.impl.executors import value_serialization  # pylint: disable=line-too-long
 
   from tff_compress import config_lib
-  from tff_compress import runtime
-  from tff_compress import simulate_lib
   from tff_compress.data import federated_data
   from tff_compress.data import registry as data_registry
+  from tff_compress.fedavg import process as process_lib
+  from tff_compress.fedavg import registry
+  from tff_compress.fedavg import settings as fedavg_settings
   from tff_compress.learning import aggregators
   from tff_compress.learning import distributors
-  from tff_compress.learning import process as process_lib
-  from tff_compress.learning import registry
   from tff_compress.learning import task as task_lib
+  from tff_compress.program import sampling
+  from tff_compress.runtime import local as local_runtime
   # pylint: enable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
 
@@ -125,7 +126,9 @@ def main(argv):
     raise app.UsageError(f'--clients must lie in 1..data.num_clients '
                          f'({cfg.data.num_clients}), got {_CLIENTS.value}')
 
-  data = data_registry.build_federated_data(cfg.data, seed=cfg.seed)
+  settings = config_lib.settings(cfg)
+  ts = fedavg_settings.TrainingSettings.of(settings)
+  data = data_registry.build_federated_data(settings.data, seed=cfg.seed)
   task = task_lib.build_task(cfg.model.name, data, seed=cfg.seed)
   initial = process_lib.build_initial_weights_fn(task)
   weights_type = initial.type_signature.result
@@ -135,11 +138,11 @@ def main(argv):
   def compose(distributor, aggregation_factory):
     return tff.learning.templates.compose_learning_process(
         initial, distributor,
-        registry.build_client_work(cfg, task, weights_type),
+        registry.build_client_work(ts, task, weights_type),
         aggregation_factory.create(weights_type.trainable,
                                    tff.TensorType(np.float32)),
         tff.learning.templates.build_apply_optimizer_finalizer(
-            registry.SERVER_OPTIMIZERS['sgd'](cfg), weights_type))
+            registry.build_server_optimizer(ts.server), weights_type))
 
   plain = tff.learning.templates.build_broadcast_process(weights_type)
   processes = {
@@ -150,7 +153,7 @@ def main(argv):
           server_optimizer_fn=tff.learning.optimizers.build_sgdm(
               cfg.server.learning_rate,
               momentum=cfg.server.momentum or None)),
-      'next, ours': process_lib.build_training(cfg, task).process,
+      'next, ours': process_lib.build_training(ts, task).process,
       'next, ours w/o bytes_down': compose(plain, aggregators.build_mean()),
       'next, ours w/o bytes_up': compose(
           distributors.build_plain_broadcast(weights_type),
@@ -183,7 +186,7 @@ def main(argv):
     del clients  # Only sets the number of clients the broadcast reaches.
     return bytes_of.next(bytes_of.initialize(), weights).measurements
 
-  client_work = registry.build_client_work(cfg, task, weights_type)
+  client_work = registry.build_client_work(ts, task, weights_type)
 
   @tff.federated_computation(
       client_work.initialize.type_signature.result,
@@ -205,15 +208,14 @@ def main(argv):
         f'{len(data.client_ids)} clients of mean {data.sizes().mean():.1f} '
         f'examples, batch {cfg.client.batch_size}, {cfg.client.epochs} '
         f'epoch(s); median of {_REPEATS.value} runs, ms per client')
-  with runtime.local_context():
+  with local_runtime.local_context():
     weights = initial()
     cw_state = client_work.initialize()
     states = {name: p.initialize() for name, p in processes.items()}
     for k in per_round:
-      picked = simulate_lib.sample_clients(len(data.client_ids), k, cfg.seed,
-                                           1)
+      picked = sampling.sample_clients(len(data.client_ids), k, cfg.seed, 1)
       arrays = [data.client_arrays(data.client_ids[i]) for i in picked]
-      seeds = [simulate_lib.shuffle_seed(cfg.seed, 1, int(i)) for i in picked]
+      seeds = [sampling.shuffle_seed(cfg.seed, 1, int(i)) for i in picked]
       datasets = [federated_data.make_client_dataset(
           x, y, batch_size=cfg.client.batch_size, epochs=cfg.client.epochs,
           shuffle_seed=s) for (x, y), s in zip(arrays, seeds)]

@@ -4,7 +4,7 @@
    loopback workers: shipped datasets (what the local context and a naive
    remote run send) and client descriptors (the workers build the data).
    Bytes are the serialized sizes of every gRPC request/response message the
-   driver exchanged (`runtime.Cluster.bytes_sent/received`, protobuf
+   driver exchanged (`runtime.remote.Cluster.bytes_sent/received`, protobuf
    `ByteSize()`, no HTTP/2 framing), plus the serialized client-data
    argument alone (`value_serialization.serialize_value`).
 2. Round time. `simulate_lib.run` of the same config with the local context,
@@ -56,34 +56,38 @@ def _serialized_bytes(values, type_spec) -> int:
 def measure_bytes(cfg, data_dir, workers, rounds):
   """Driver bytes per round, shipped datasets vs descriptors."""
   # pylint: disable=g-import-not-at-top
-  from tff_compress import runtime
-  from tff_compress import simulate_lib
+  from tff_compress import config_lib
   from tff_compress.data import federated_data
-  from tff_compress.data import on_worker
   from tff_compress.data import registry as data_registry
-  from tff_compress.learning import process as process_lib
+  from tff_compress.data import store as store_lib
+  from tff_compress.fedavg import process as process_lib
+  from tff_compress.fedavg import settings as fedavg_settings
   from tff_compress.learning import task as task_lib
+  from tff_compress.program import sampling
+  from tff_compress.runtime import feed as feed_lib
+  from tff_compress.runtime import remote
   # pylint: enable=g-import-not-at-top
   data = data_registry.build_federated_data(cfg.data, seed=cfg.seed)
   task = task_lib.build_task(cfg.model.name, data, seed=cfg.seed)
-  training = process_lib.build_training(cfg, task)
+  training = process_lib.build_training(
+      fedavg_settings.TrainingSettings.of(config_lib.settings(cfg)), task)
   evaluation = process_lib.build_evaluation(task)
-  store = on_worker.prepare_store(data, data_dir)
+  store = store_lib.prepare_store(data, data_dir)
   client_type = training.process.next.type_signature.parameter[1].member
   results = {}
   for k in (1, 2):
-    with runtime.remote_context([w.target for w in workers[:k]]) as cluster:
-      on_worker.check_workers(cluster, store)
-      feed = on_worker.WorkerFeed.build(
+    with remote.remote_context([w.target for w in workers[:k]]) as cluster:
+      feed_lib.check_workers(cluster, store)
+      feed = feed_lib.WorkerFeed.build(
           training, evaluation, store, batch_size=cfg.client.batch_size,
           epochs=cfg.client.epochs, eval_clients=cfg.eval_clients,
           eval_batch_size=100)
       state = training.process.initialize()
       rows = {'datasets': [], 'ids': []}
       for r in range(1, rounds + 1):
-        picked = simulate_lib.sample_clients(
+        picked = sampling.sample_clients(
             len(data.client_ids), cfg.clients_per_round, cfg.seed, r)
-        seeds = [simulate_lib.shuffle_seed(cfg.seed, r, int(i))
+        seeds = [sampling.shuffle_seed(cfg.seed, r, int(i))
                  for i in picked]
         datasets = []
         for i, seed in zip(picked, seeds):
@@ -91,7 +95,7 @@ def measure_bytes(cfg, data_dir, workers, rounds):
           datasets.append(federated_data.make_client_dataset(
               x, y, batch_size=cfg.client.batch_size,
               epochs=cfg.client.epochs, shuffle_seed=seed))
-        descriptors = [on_worker.train_descriptor(i, s)
+        descriptors = [store_lib.train_descriptor(i, s)
                        for i, s in zip(picked, seeds)]
         ways = {
             'datasets': (training.process.next,
@@ -99,8 +103,8 @@ def measure_bytes(cfg, data_dir, workers, rounds):
             'ids': (feed.training.process.next,
                     feed.training.client_inputs(descriptors)),
         }
-        desc_type = feed.training.process._next.type_signature.parameter[  # pylint: disable=protected-access
-            1].member
+        desc_type = (feed.training.process.next_computation.type_signature
+                     .parameter[1].member)
         arg_bytes = {
             'datasets': _serialized_bytes(ways['datasets'][1], client_type),
             'ids': _serialized_bytes(ways['ids'][1], desc_type),
@@ -171,7 +175,7 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   from absl import logging
   from tff_compress import config_lib
-  from tff_compress import runtime
+  from tff_compress.runtime import local as local_runtime
   # pylint: enable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   cfg = config_lib.validate(config_lib.load_config_file(
@@ -179,9 +183,9 @@ def main(argv):
   tmp = tempfile.mkdtemp(prefix='remote_workers_')
   data_dir = os.path.join(tmp, 'worker_data')
   os.makedirs(data_dir)
-  runtime.install_exit_handlers()
-  workers = [runtime.LocalWorker(cwd=data_dir,
-                                 log_path=os.path.join(tmp, f'w{i}.log'))
+  local_runtime.install_exit_handlers()
+  workers = [local_runtime.LocalWorker(cwd=data_dir,
+                                       log_path=os.path.join(tmp, f'w{i}.log'))
              for i in range(2)]
   try:
     results = {

@@ -8,8 +8,8 @@ client round:
      layout in manifest.json, feed its tensors to `load_broadcast`;
   2. train E epochs through `train`, batches in the order the simulation
      uses (`batch_order`: a fresh permutation per epoch from the client's
-     shuffle seed, consecutive batches of B, the last one shorter and padded
-     with rows labelled -1);
+     shuffle seed, consecutive batches of B, the last one shorter: `train`
+     takes 1..max_batch_size rows as they are, and its loss is their mean);
   3. subtract the trained weights from the received ones (TFF's update),
      run `encode_update` on it and pack its tensors, the seed and the weight
      (examples trained; a non-finite update is sent as zeros with weight 0,
@@ -94,6 +94,12 @@ class DeviceTrainer:
     self.input_shape = tuple(m['input_shape'])
     self.num_classes = int(m['num_classes'])
     self.batch_size = int(m['batch_size'])
+    if m.get('format', 1) < 2 or 'max_batch_size' not in m:
+      raise DeviceError(
+          f'{manifest_path} is format {m.get("format", 1)} (a trainer that '
+          'takes exactly batch_size rows); re-export it with '
+          '//mobile_export:export')
+    self.max_batch_size = int(m['max_batch_size'])
     self.epochs = int(m['epochs'])
     self.weight_shapes = [tuple(w['shape']) for w in m['weights']]
     try:
@@ -123,27 +129,30 @@ class DeviceTrainer:
           f'x has shape {list(x.shape)}; expected [rows, '
           f'{", ".join(map(str, self.input_shape))}]')
     if rows is not None and not 1 <= x.shape[0] <= rows:
-      raise DeviceError(f'x has {x.shape[0]} rows; train takes 1..{rows}')
+      raise DeviceError(f'x has {x.shape[0]} rows; train takes 1..{rows} '
+                        '(max_batch_size in manifest.json)')
     if not np.all(np.isfinite(x)):
       raise DeviceError('x has non-finite values')
     return x
 
   def train(self, x, y) -> float:
-    """One step on <= batch_size rows (padded with label -1); the loss."""
-    x = self._check_x(x, self.batch_size)
+    """One step on 1..max_batch_size rows; the mean loss over them.
+
+    A wrong shape, dtype or label, or more rows than the export's maximum,
+    is a DeviceError here. The runtime would resize to any shape: a wrong
+    image size fails inside a kernel with a cryptic message or, for a
+    larger image (30x30 for 28x28), silently trains on a crop.
+    """
+    x = self._check_x(x, self.max_batch_size)
     y = np.asarray(y)
     if y.dtype != np.int32:
       raise DeviceError(f'y must be int32 class indices, got {y.dtype}')
     if y.shape != (x.shape[0],):
       raise DeviceError(f'y has shape {list(y.shape)}; expected '
                         f'[{x.shape[0]}] (one label per row of x)')
-    if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+    if y.min() < 0 or y.max() >= self.num_classes:
       raise DeviceError(f'labels {y.min()}..{y.max()} are outside '
                         f'0..{self.num_classes - 1}')
-    pad = self.batch_size - x.shape[0]
-    if pad:
-      x = np.concatenate([x, np.zeros((pad,) + self.input_shape, np.float32)])
-      y = np.concatenate([y, np.full([pad], -1, np.int32)])
     return float(self._runners['train'](x=x, y=y)['loss'])
 
   def infer(self, x) -> np.ndarray:

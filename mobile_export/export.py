@@ -26,6 +26,10 @@ _ALLOW_FLEX = flags.DEFINE_bool(
     'allow_flex', True,
     'If a layer has no builtin backward pass, export a Flex trainer (and '
     'say so in manifest.json) instead of failing.')
+_MAX_BATCH = flags.DEFINE_integer(
+    'max_batch_size', None,
+    'Most rows a phone may pass to train (manifest.json); default: the '
+    "run's client.batch_size, at least 32.")
 _CALIBRATION = flags.DEFINE_integer(
     'calibration_examples', 256,
     'Training examples used to calibrate the int8 quantization.')
@@ -40,21 +44,22 @@ def main(argv):
   # pylint: disable=g-import-not-at-top  (TensorFlow loads after the flags)
   from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
   from mobile_export import export_lib
-  from tff_compress import runtime
+  from tff_compress.runtime import local as local_runtime
   from tff_compress.data import federated_data
   from tff_compress.program import run_dir as run_dir_lib
   # pylint: enable=g-import-not-at-top
   # TFF's import-time default context holds an idle worker factory whose
   # destructor fails at interpreter exit; nothing here runs TFF.
   context_stack_impl.context_stack.set_default_context(
-      runtime._closed_context())  # pylint: disable=protected-access
+      local_runtime.closed_context())
   run_dir = run_dir_lib.resolve_user_path(_RUN_DIR.value)
   out_dir = (run_dir_lib.resolve_user_path(_OUT_DIR.value)
              if _OUT_DIR.value else None)
   try:
     export_lib.export(run_dir, out_dir, prune_sparsity=_PRUNE.value,
                       allow_flex=_ALLOW_FLEX.value,
-                      calibration_examples=_CALIBRATION.value)
+                      calibration_examples=_CALIBRATION.value,
+                      max_batch_size=_MAX_BATCH.value)
   except (export_lib.ExportError, federated_data.DataError) as e:
     raise cli.UserError(str(e)) from e
 

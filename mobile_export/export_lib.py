@@ -11,9 +11,11 @@ Library code: no flags. `export.py` parses flags and calls :func:`export`.
 * inference.tflite: post-training full-integer (int8) quantization of the
   same model (float32 input/output), calibrated on training examples;
   optionally magnitude-pruned first (tfmot), with its accuracy cost.
-* manifest.json: signatures, tensor names/shapes/dtypes, the payload layout
-  of every broadcast/update entry, codec settings, submodel shapes, ops
-  used, whether Flex is needed, file sizes and measured accuracies.
+* manifest.json: signatures (what each does, tensor names/shapes/dtypes),
+  the batch rules (`max_batch_size`, `round.train_rows`) and the client
+  round's steps (`round.steps`), the payload layout of every
+  broadcast/update entry, codec settings, submodel shapes, ops used,
+  whether Flex is needed, file sizes and measured accuracies.
 """
 
 from __future__ import annotations
@@ -37,7 +39,34 @@ from tff_compress.dropout import submodel as submodel_lib
 from tff_compress.models import registry as model_registry
 from tff_compress.program import run_dir as run_dir_lib
 
-MANIFEST_FORMAT = 1
+# 2: `train` takes 1..max_batch_size rows (format 1: exactly batch_size).
+MANIFEST_FORMAT = 2
+
+# The default maximum rows per `train` call: the run's batch size, but at
+# least Flower's Android default (min(32, local examples) per call).
+MIN_DEFAULT_MAX_BATCH = 32
+
+# What each signature does, for manifest.json (the Android README has the
+# Kotlin calls). B = rows, 1..max_batch_size for train, any for infer.
+SIGNATURE_DOCS = {
+    'train': 'One SGD(M) step. x float32 [B, *input_shape], y int32 [B], '
+             '1 <= B <= max_batch_size; rows labelled -1 are ignored. '
+             'Returns loss: the mean cross-entropy over the other rows '
+             '(the update is that mean\'s gradient, as TF computes for a '
+             'batch of those rows).',
+    'infer': 'Logits float32 [B, num_classes] of x float32 [B, '
+             '*input_shape], any B.',
+    'parameters': 'The weights a0..aN (Keras order, shapes in "weights").',
+    'restore': 'Sets the weights to a0..aN and starts a new local round '
+               '(resets the momentum); returns them.',
+    'load_broadcast': 'Decodes a broadcast (round, seed, t<i>_<entry> as '
+                      'in "broadcast_tensors"), sets the weights to the '
+                      'result and starts a new local round; returns the '
+                      'decoded a0..aN, the reference of the update.',
+    'encode_update': 'Encodes the update u_i = received a_i - trained a_i '
+                     'of round "round" with the uplink codec; returns seed '
+                     'and t<i>_<entry> as in "update_tensors".',
+}
 
 
 class ExportError(ValueError):
@@ -89,21 +118,12 @@ def _merged(config: ml_collections.ConfigDict, saved, prefix=''):
 
 def dropout_plan(config, model: tf.keras.Model
                  ) -> Optional[submodel_lib.SubmodelPlan]:
-  """The Federated Dropout submodel plan of `dropout.*`, or None.
-
-  The same rule as the simulation (`learning.process.dropout_plan`): keep
-  fractions from `dropout.keep` / `dropout.per_layer`, None if every unit
-  is kept.
-  """
+  """The Federated Dropout submodel plan of `dropout.*`, or None (the
+  simulation's rule, `submodel.plan_for`)."""
   try:
-    per_layer = submodel_lib.parse_per_layer(config.dropout.per_layer)
-    if config.dropout.keep == 1.0 and not per_layer:
-      return None
-    plan = submodel_lib.build_plan(model, submodel_lib.keep_fractions(
-        model, config.dropout.keep, per_layer))
+    return submodel_lib.plan_for(model, config_lib.settings(config).dropout)
   except submodel_lib.SubmodelError as e:
     raise ExportError(str(e)) from e
-  return None if plan.is_identity else plan
 
 
 def build_keras_model(config, input_shape, num_classes, widths=None,
@@ -117,7 +137,11 @@ def build_keras_model(config, input_shape, num_classes, widths=None,
                                     num_classes, **kwargs)
 
 
-def _signature_details(model: bytes) -> dict:
+def signature_details(model: bytes) -> dict:
+  """Per signature: what it does, and its tensors' names/shapes/dtypes.
+
+  A shape entry -1 is a dimension the caller chooses (the batch).
+  """
   interpreter = tf.lite.Interpreter(model_content=model)
   out = {}
   for key in sorted(interpreter.get_signature_list()):
@@ -128,10 +152,39 @@ def _signature_details(model: bytes) -> dict:
                for name, detail in sorted(details.items())}
         for side, details in (('inputs', runner.get_input_details()),
                               ('outputs', runner.get_output_details()))}
+    if key in SIGNATURE_DOCS:
+      out[key]['doc'] = SIGNATURE_DOCS[key]
   return out
 
 
-def _tensor_layout(specs, shapes, names, io_key):
+def _round_protocol(batch_size: int, max_batch_size: int,
+                    epochs: int) -> dict:
+  """The client round and the batch rules, as manifest.json states them."""
+  return {
+      'train_rows': {
+          'min': 1, 'max': max_batch_size, 'ignored_label': -1,
+          'loss': 'mean over the rows with a label >= 0: a short batch is '
+                  'passed as it is, no padding',
+          'above_max_or_wrong_shape': 'rejected by the host before the '
+                                      'call (DeviceTrainer.train)'},
+      'steps': [
+          'parse the broadcast message against broadcast_tensors',
+          'load_broadcast(round, seed, t<i>_<entry>...) -> a0..aN: keep '
+          'them as the received weights',
+          f'{epochs} epoch(s): shuffle the local examples, train(x, y) on '
+          f'consecutive batches of {batch_size} rows, the last one shorter',
+          'parameters() -> trained a0..aN; u_i = received a_i - trained '
+          'a_i (float32); if any u_i is not finite, send zeros with weight '
+          '0',
+          'encode_update(round, u0..uN) -> seed, t<i>_<entry>...; pack them '
+          'with weight = epochs x local examples into the update message',
+      ],
+  }
+
+
+def tensor_layout(specs, shapes, names, io_key):
+  """Per weight tensor: its payload entries and their signature tensor
+  names (`io_key` 'input' for the broadcast, 'output' for the update)."""
   out = []
   for i, (spec, shape) in enumerate(zip(specs, shapes)):
     out.append({
@@ -213,7 +266,8 @@ def prune(keras_model: tf.keras.Model, sparsity: float,
 def export(run_dir: str, out_dir: Optional[str] = None,
            prune_sparsity: float = 0.0, allow_flex: bool = True,
            calibration_examples: int = 256,
-           out: TextIO = sys.stdout) -> dict:
+           out: TextIO = sys.stdout,
+           max_batch_size: Optional[int] = None) -> dict:
   """Exports a run directory; returns the manifest (also written).
 
   Args:
@@ -225,6 +279,10 @@ def export(run_dir: str, out_dir: Optional[str] = None,
       backward pass (reported in the manifest); else raise.
     calibration_examples: Training examples for int8 calibration.
     out: Progress lines.
+    max_batch_size: Most rows a `train` call may take (manifest.json; the
+      graph takes any number, the host enforces the bound and sizes its
+      buffers by it). Default: the run's batch size, at least
+      `MIN_DEFAULT_MAX_BATCH`.
 
   Raises:
     ExportError: unusable run directory or settings.
@@ -257,7 +315,14 @@ def export(run_dir: str, out_dir: Optional[str] = None,
   else:
     device_model, device_weights = full_model, weights
 
-  settings = trainer_lib.TrainerSettings.from_config(config)
+  settings = trainer_lib.TrainerSettings.of(config_lib.settings(config))
+  if max_batch_size is None:
+    max_batch_size = max(settings.batch_size, MIN_DEFAULT_MAX_BATCH)
+  elif max_batch_size < settings.batch_size:
+    raise ExportError(
+        f'--max_batch_size={max_batch_size} is below the run\'s '
+        f'client.batch_size={settings.batch_size}: a phone could not train '
+        'the run\'s batches')
   try:
     trainer = trainer_lib.build_trainer(device_model, device_weights,
                                         settings, allow_flex=allow_flex)
@@ -319,6 +384,7 @@ def export(run_dir: str, out_dir: Optional[str] = None,
       'num_classes': int(data.num_classes),
       'seed': int(config.seed),
       'batch_size': settings.batch_size,
+      'max_batch_size': int(max_batch_size),
       'epochs': int(config.client.epochs),
       'optimizer': {'name': 'sgdm' if settings.momentum else 'sgd',
                     'learning_rate': settings.learning_rate,
@@ -334,11 +400,13 @@ def export(run_dir: str, out_dir: Optional[str] = None,
           'broadcast': _codec_json(settings.broadcast),
           'uplink': _codec_json(settings.uplink),
       },
-      'broadcast_tensors': _tensor_layout(
+      'broadcast_tensors': tensor_layout(
           trainer.broadcast_coder.specs(), shapes, names, 'input'),
-      'update_tensors': _tensor_layout(
+      'update_tensors': tensor_layout(
           trainer.uplink_coder.specs(), shapes, names, 'output'),
-      'signatures': _signature_details(trainer_bytes),
+      'signatures': signature_details(trainer_bytes),
+      'round': _round_protocol(settings.batch_size, max_batch_size,
+                               int(config.client.epochs)),
       'ops': ops,
       'flex_required': bool(flex),
       'flex_ops': flex,

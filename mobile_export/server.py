@@ -1,105 +1,193 @@
-"""The server's side of a round with real devices (eager TensorFlow).
+"""The server's side of a round with real devices: the run's own aggregation.
 
-The same pieces as the simulation, outside TFF's runtime: the broadcast is
-`StructureCodec.encode` with the distributor's seed [config seed, round],
-updates are decoded with `StructureCodec.decode` (the simulation's decoder)
-and averaged weighted by examples (TFF's `MeanFactory`), and the server
-optimizer is the run's TFF optimizer (`learning.registry.SERVER_OPTIMIZERS`).
+A device round is the simulated round with the clients replaced by phones:
 
-With Federated Dropout (a `SubmodelPlan`) it is the dropout process's round
-(`learning/dropout_process.py`) instead: the device in slot k of round r
-gets the submodel of mask (config seed, r + 1, k) — or mask 0 of the round
-with `dropout.mask=per_round` — encoded with that process's broadcast seed;
-its submodel update is decoded, scattered into the global shapes and
-averaged per coordinate over the example weights of the devices that
-trained it; coordinates nobody trained keep their value. (The dropout
-process counts rounds from 1, device messages from 0.) A device seeds its
-lossy uplink from its update (`prng.update_seed`, the seed travels in the
-message) where the simulated dropout process seeds it from the slot: with a
-lossy uplink a dropout device round equals the simulated one in
-distribution, with a float uplink exactly (tested).
+* **Broadcast.** The message for slot k of round r is the simulation's:
+  `StructureCodec.encode` with the encoded distributor's seed [config seed,
+  r], or, under Federated Dropout, the slot's submodel
+  (`dropout.slicing.MaskSlicing`, mask of (config seed, r + 1, mask key))
+  with the keyed distributor's seed. (The keyed pieces count rounds from 1,
+  device messages from 0.)
+* **Updates are hostile until checked.** Each update message is parsed
+  against the expected layout (`messages.unpack`: any defect is a
+  `PayloadError`), must name this round, carry a finite weight in
+  [0, `max_weight`], come from a slot of this round, once; otherwise the
+  device is *rejected*, with the reason, and left out.
+* **Aggregation is the simulation's TFF aggregation process**, built by the
+  same registry (`fedavg.registry.build_aggregator`) from the run's
+  settings, executed in the TFF runtime on the decoded updates: zeroing of
+  non-finite or over-`dp.zeroing_norm` updates (always on here: the server
+  cannot trust a phone), DP-FedAvg's clip and noise, the example-weighted
+  mean or Federated Dropout's per-coordinate scatter mean. The phone has
+  done the uplink encoding, so the server decodes with the simulation's
+  decoder (`StructureCodec.decode`) and the process runs with the uplink
+  codec as the identity — under DP with a fixed clip the clip then applies
+  to the decoded update, on the server. Then the run's server optimizer
+  (TFF's `build_apply_optimizer_finalizer`).
+
+The server's state between rounds (global weights, aggregator and optimizer
+state, round) is a `ServerState`; `device_round.py` checkpoints it in the
+run directory. A device seeds its lossy uplink from its update
+(`prng.update_seed`, the seed travels in the message), as the simulation's
+encoded uplink does.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import collections
+import dataclasses
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_federated as tff
 
-from mobile_export import export_lib
 from mobile_export import messages
 from mobile_export import trainer as trainer_lib
+from tff_compress.dropout import slicing as dropout_slicing
 from tff_compress.dropout import submodel as submodel_lib
-from tff_compress.learning import dropout_process
-from tff_compress.learning import encoded
-from tff_compress.learning import registry
+from tff_compress.encoders import settings as codec_settings
+from tff_compress.encoders import structure
+from tff_compress.fedavg import registry
+from tff_compress.fedavg import settings as fedavg_settings
+from tff_compress.learning import aggregators
+from tff_compress.learning import distributors
+
+ACCEPTED, ZEROED, REJECTED = 'accepted', 'zeroed', 'rejected'
+# A weight is the examples a device trained on this round (epochs x local
+# examples). Larger claims are refused rather than trusted.
+DEFAULT_MAX_WEIGHT = 1e6
+
+
+class DeviceUpdateError(ValueError):
+  """A device's update message cannot be used (the message says why)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """What happened to one device's update."""
+
+  slot: int
+  status: str           # ACCEPTED, ZEROED or REJECTED
+  reason: str = ''      # why it was zeroed or rejected
+  weight: float = 0.0
+  bytes: int = 0
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ServerState:
+  """The device-round server's state between rounds.
+
+  Attributes:
+    round: The next round index (0-based; device messages carry it).
+    weights: Global trainable weights, Keras order.
+    aggregator: The TFF aggregation process's state.
+    finalizer: The server optimizer's state.
+  """
+
+  round: int
+  weights: list
+  aggregator: Any
+  finalizer: Any
+
+  def to_structure(self) -> collections.OrderedDict:
+    return collections.OrderedDict(
+        round=np.int64(self.round), weights=list(self.weights),
+        aggregator=self.aggregator, finalizer=self.finalizer)
+
+  @classmethod
+  def from_structure(cls, s) -> 'ServerState':
+    return cls(int(s['round']), [np.asarray(w) for w in s['weights']],
+               s['aggregator'], s['finalizer'])
+
+
+@dataclasses.dataclass
+class RoundResult:
+  """`DeviceRoundServer.run_round`'s result.
+
+  Attributes:
+    state: The state after the round (weights unchanged if nobody was
+      accepted).
+    outcomes: One per update received, by slot.
+    mean_update: The aggregated update the optimizer applied (global
+      shapes), None if nobody was accepted.
+    measurements: The TFF aggregation process's measurements.
+  """
+
+  state: ServerState
+  outcomes: list
+  mean_update: Optional[list]
+  measurements: Any
 
 
 class DeviceRoundServer:
-  """Encodes broadcasts, decodes device updates, applies the aggregate."""
+  """Encodes broadcasts, checks and decodes device updates, and runs the
+  run's aggregation and server optimizer on them."""
 
-  def __init__(self, config, weight_shapes: Sequence[Sequence[int]],
-               plan: Optional[submodel_lib.SubmodelPlan] = None,
-               *, plan_checked: bool = False):
-    """Server of `config`'s run for a global model of `weight_shapes`.
+  def __init__(self, settings, model: tf.keras.Model, *,
+               max_weight: float = DEFAULT_MAX_WEIGHT):
+    """The server of a run.
 
     Args:
-      config: The run's config.
-      weight_shapes: Shapes of the global model's trainable weights.
-      plan: The Federated Dropout plan of the run (see `for_run`).
-      plan_checked: `plan` is the run's plan even if None (`for_run`).
+      settings: The run's settings (`config_lib.Settings`).
+      model: The run's global Keras model (architecture; its weights are
+        not used).
+      max_weight: The largest aggregation weight a device may claim.
 
     Raises:
-      ValueError: a dropout config without its plan, or a plan for other
-        shapes.
+      submodel_lib.SubmodelError: `dropout.*` does not fit `model`.
     """
-    has_dropout = (config.dropout.keep != 1.0 or
-                   bool(config.dropout.per_layer))
-    if plan is None and has_dropout and not plan_checked:
-      raise ValueError(
-          'dropout.keep/dropout.per_layer: device rounds with Federated '
-          'Dropout need the run\'s submodel plan; build the server with '
-          'DeviceRoundServer.for_run(config, model)')
-    self._config = config
-    self.shapes = [tuple(int(d) for d in s) for s in weight_shapes]
-    self.plan = plan
-    if plan is not None and [tuple(s) for s in plan.full_shapes] != self.shapes:
-      raise ValueError(f'the dropout plan is for shapes {plan.full_shapes}, '
-                       f'not {self.shapes}')
+    self._ts = fedavg_settings.TrainingSettings.of(settings)
+    self._seed = self._ts.seed
+    self.max_weight = float(max_weight)
+    self.shapes = [tuple(int(d) for d in w.shape)
+                   for w in model.trainable_weights]
+    self.plan = submodel_lib.plan_for(model, self._ts.dropout)
+    self.slicing = None
+    if self.plan is not None:
+      self.slicing = dropout_slicing.MaskSlicing(
+          self.plan, self._seed, self._ts.dropout.per_client_masks,
+          self._ts.clients_per_round)
     # What a device holds: the submodel's shapes under dropout.
-    self.device_shapes = (self.shapes if plan is None else
-                          [tuple(s) for s in plan.sub_shapes()])
-    settings = trainer_lib.TrainerSettings.from_config(config)
-    self._settings = settings
+    self.device_shapes = (self.shapes if self.plan is None else
+                          [tuple(s) for s in self.plan.sub_shapes()])
     value_type = trainer_lib.model_value_type(self.device_shapes)
-    self.broadcast_coder = encoded.StructureCodec(value_type,
-                                                  settings.broadcast)
-    self.uplink_coder = encoded.StructureCodec(value_type, settings.uplink)
+    self.broadcast_coder = structure.StructureCodec(value_type,
+                                                    self._ts.broadcast)
+    self.uplink_coder = structure.StructureCodec(value_type, self._ts.uplink)
     self._sizes = [int(np.prod(s)) for s in self.device_shapes]
-    self._optimizer = registry.SERVER_OPTIMIZERS[config.server.optimizer](
-        config)
-    self._opt_state = self._optimizer.initialize(
-        tuple(tf.TensorSpec(s, tf.float32) for s in self.shapes))
+    self._aggregation = registry.build_aggregator(
+        dataclasses.replace(self._ts, uplink=codec_settings.UplinkCodec()),
+        self.slicing, trainer_lib.model_value_type(self.shapes),
+        untrusted=True).create(value_type, tff.TensorType(np.float32))
+    weights_type = tff.to_type(tff.learning.models.ModelWeights(
+        trainable=list(trainer_lib.model_value_type(self.shapes)),
+        non_trainable=[]))
+    self._finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
+        registry.build_server_optimizer(self._ts.server), weights_type)
 
-  @classmethod
-  def for_run(cls, config, model: tf.keras.Model) -> 'DeviceRoundServer':
-    """The server of `config`'s run, whose global model is `model`."""
-    plan = export_lib.dropout_plan(config, model)
-    return cls(config, [tuple(w.shape) for w in model.trainable_weights],
-               plan, plan_checked=True)
+  @property
+  def clients_per_round(self) -> int:
+    return self._ts.clients_per_round
 
-  # --- Federated Dropout ---------------------------------------------------
-
-  def _mask_key(self, slot: int) -> int:
-    return slot if self._config.dropout.mask == 'per_client' else 0
+  # --- Federated Dropout ----------------------------------------------------
 
   def kept(self, round_index: int, slot: int) -> dict:
     """The kept units of the device in `slot` of round `round_index`."""
-    return self.plan.kept_indices(submodel_lib.mask_seed(
-        self._settings.seed, round_index + 1, self._mask_key(slot)))
+    return self.slicing.kept(round_index + 1, self.slicing.mask_key(slot))
 
-  # --- messages --------------------------------------------------------------
+  # --- state ----------------------------------------------------------------
+
+  def initial_state(self, weights: Sequence[np.ndarray]) -> ServerState:
+    """Round 0 from `weights` (needs a TFF execution context)."""
+    return ServerState(0, [np.asarray(w, np.float32) for w in weights],
+                       self._aggregation.initialize(),
+                       self._finalizer.initialize())
+
+  # --- messages -------------------------------------------------------------
 
   def broadcast(self, weights: Sequence[np.ndarray], round_index: int,
                 slot: int = 0) -> bytes:
@@ -107,16 +195,14 @@ class DeviceRoundServer:
 
     Without dropout every slot gets the same message.
     """
+    values = [tf.constant(w) for w in weights]
     if self.plan is None:
-      seed = tf.constant([self._settings.seed, round_index], tf.int64)
-      values = [tf.constant(w) for w in weights]
+      seed = distributors.broadcast_seed(self._seed, round_index)
     else:
-      seed = dropout_process.submodel_codec_seed(
-          self._settings.seed, round_index + 1, self._mask_key(slot),
-          dropout_process.BROADCAST_DIRECTION)
-      values = self.plan.gather([tf.constant(w) for w in weights],
-                                self.kept(round_index, slot))
-    if self._settings.broadcast.is_identity:
+      key = self.slicing.mask_key(tf.constant(slot, tf.int32))
+      seed = self.slicing.codec_seed(round_index + 1, key)
+      values = self.slicing.gather(values, round_index + 1, key)
+    if self._ts.broadcast.is_identity:
       payload = [{'raw': np.asarray(w)} for w in values]
     else:
       payload = self.broadcast_coder.encode(values, seed)
@@ -125,10 +211,25 @@ class DeviceRoundServer:
     return messages.pack(messages.BROADCAST, round_index, seed.numpy(),
                          tensors, self.broadcast_coder.specs(), self._sizes)
 
-  def decode_update(self, blob: bytes) -> tuple[list[np.ndarray], float]:
-    """(update tensors in the device's shapes, weight) of one message."""
-    msg = messages.unpack(messages.UPDATE, blob, self.uplink_coder.specs(),
-                          self._sizes)
+  def decode_update(self, blob: bytes, round_index: Optional[int] = None
+                    ) -> tuple[list[np.ndarray], float]:
+    """(update tensors in the device's shapes, weight) of one message.
+
+    Raises:
+      DeviceUpdateError: The message is malformed (`PayloadError`), of
+        another round, or claims an absurd weight.
+    """
+    try:
+      msg = messages.unpack(messages.UPDATE, blob, self.uplink_coder.specs(),
+                            self._sizes)
+    except messages.PayloadError as e:
+      raise DeviceUpdateError(f'malformed update: {e}') from e
+    if round_index is not None and msg.round != round_index:
+      raise DeviceUpdateError(
+          f'update of round {msg.round}, expected round {round_index}')
+    if not 0 <= msg.weight <= self.max_weight:
+      raise DeviceUpdateError(
+          f'weight {msg.weight:g} outside [0, {self.max_weight:g}]')
     tensors = []
     for entries, shape in zip(msg.tensors, self.device_shapes):
       if 'raw' in entries:
@@ -137,43 +238,72 @@ class DeviceRoundServer:
     decoded = self.uplink_coder.decode(tensors, tf.constant(msg.seed))
     return [np.asarray(t) for t in tf.nest.flatten(decoded)], msg.weight
 
-  def aggregate(self, blobs: Sequence[bytes], round_index: int = 0,
-                slots: Optional[Sequence[int]] = None) -> list[np.ndarray]:
-    """The mean update of the devices' messages, in the global shapes.
+  def _zeroing_reason(self, update: Sequence[np.ndarray],
+                      weight: float) -> str:
+    """Why the aggregation's zeroing stage drops this update ('' if not);
+    the same test (`aggregators.zero_bad_value`), evaluated per device."""
+    if weight == 0:
+      return 'the device reported a non-finite update (weight 0)'
+    _, flag = aggregators.zero_bad_value(
+        [tf.constant(u) for u in update], self._ts.dp.zeroing_norm)
+    if int(flag):
+      if not all(np.isfinite(u).all() for u in update):
+        return 'non-finite update'
+      return f'update L2 norm above dp.zeroing_norm={self._ts.dp.zeroing_norm:g}'
+    return ''
 
-    Without dropout: the example-weighted mean (TFF's MeanFactory). With
-    dropout: per coordinate, the example-weighted mean over the devices
-    that trained it (0 where none did); `slots[i]` is the slot `blobs[i]`'s
-    broadcast was made for (default: its position), in `round_index`.
+  def run_round(self, state: ServerState,
+                updates: Mapping[int, bytes]) -> RoundResult:
+    """Checks, decodes and aggregates one round's updates (TFF context).
+
+    Args:
+      state: The server state (its `round` is the round being closed).
+      updates: Slot -> the update message the device of that slot sent.
+
+    Returns:
+      The new state (round + 1), per-device outcomes and the aggregation's
+      measurements. Nobody accepted: the model is unchanged.
     """
-    decoded = [self.decode_update(b) for b in blobs]
-    if self.plan is None:
-      decoded = [(u, w) for u, w in decoded if w > 0]
-      total = sum(w for _, w in decoded)
-      if total <= 0:
-        return [np.zeros(s, np.float32) for s in self.shapes]
-      return [sum(np.float32(w) * u[i] for u, w in decoded) / np.float32(total)
-              for i in range(len(self.shapes))]
-    slots = range(len(blobs)) if slots is None else slots
-    if len(slots) != len(blobs):
-      raise ValueError(f'{len(blobs)} updates but {len(slots)} slots')
-    total = [tf.zeros(s, tf.float32) for s in self.shapes]
-    counts = [tf.zeros(s, tf.float32) for s in self.shapes]
-    for (update, weight), slot in zip(decoded, slots):
-      kept = self.kept(round_index, slot)
-      full = self.plan.scatter([tf.constant(u) for u in update], kept)
-      cover = self.plan.coverage(kept)
-      w = tf.constant(weight, tf.float32)
-      total = [t + w * u for t, u in zip(total, full)]
-      counts = [c + w * v for c, v in zip(counts, cover)]
-    return [np.asarray(tf.math.divide_no_nan(t, c))
-            for t, c in zip(total, counts)]
-
-  def apply(self, weights: Sequence[np.ndarray],
-            mean_update: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The server optimizer step with the mean update as the gradient."""
-    self._opt_state, new = self._optimizer.next(
-        self._opt_state, tuple(tf.constant(w) for w in weights),
-        tuple(tf.constant(u) for u in mean_update))
-    return [np.asarray(w) for w in new]
-
+    outcomes, values, weights, slots = [], [], [], []
+    for slot in sorted(updates):
+      blob = updates[slot]
+      size = len(blob) if isinstance(blob, (bytes, bytearray)) else 0
+      if not (isinstance(slot, (int, np.integer)) and
+              0 <= slot < self.clients_per_round):
+        outcomes.append(Outcome(int(slot), REJECTED, (
+            f'slot {slot} outside 0..{self.clients_per_round - 1}'),
+                                bytes=size))
+        continue
+      try:
+        update, weight = self.decode_update(blob, state.round)
+      except DeviceUpdateError as e:
+        outcomes.append(Outcome(int(slot), REJECTED, str(e), bytes=size))
+        continue
+      reason = self._zeroing_reason(update, weight)
+      outcomes.append(Outcome(int(slot), ZEROED if reason else ACCEPTED,
+                              reason, weight, size))
+      values.append(update)
+      weights.append(np.float32(weight))
+      slots.append(np.array([slot], np.int32))
+    if not values:
+      return RoundResult(dataclasses.replace(state, round=state.round + 1),
+                         outcomes, None, None)
+    args = [state.aggregator, values, weights]
+    if self.slicing is not None:
+      args.append(slots)
+    out = self._aggregation.next(*args)
+    zeroed = sum(o.status == ZEROED for o in outcomes)
+    if int(out.measurements['zeroed']) != zeroed:
+      raise AssertionError(
+          f'the aggregation zeroed {int(out.measurements["zeroed"])} updates,'
+          f' the per-device check {zeroed}')
+    mean_update = [np.asarray(u) for u in out.result]
+    fin = self._finalizer.next(
+        state.finalizer,
+        tff.learning.models.ModelWeights(trainable=list(state.weights),
+                                         non_trainable=[]),
+        mean_update)
+    new_weights = [np.asarray(w) for w in fin.result.trainable]
+    return RoundResult(
+        ServerState(state.round + 1, new_weights, out.state, fin.state),
+        outcomes, mean_update, out.measurements)

@@ -3,8 +3,11 @@
 Signatures (input -> output names; Flower's Android convention for the first
 four):
 
-* `train(x, y) -> loss`: one SGD(M) step on a batch of exactly
-  `batch_size` rows (rows labelled -1 are padding and contribute nothing);
+* `train(x, y) -> loss`: one SGD(M) step on a batch of any number of rows
+  (x [B, ...], y [B]; the host bounds B by the export's maximum, see
+  export_lib); the loss and its gradient are the mean over the rows whose
+  label is >= 0, so a short last batch is exact without padding, and rows
+  labelled -1 (padding of a fixed-size buffer) contribute nothing;
 * `infer(x) -> logits`: any number of rows;
 * `parameters() -> a0..aN`: the weights, Keras order;
 * `restore(a0..aN) -> a0..aN`: set the weights and reset the optimizer (a
@@ -30,7 +33,11 @@ decode, are exact.
 
 The local optimizer is TFF's `build_sgdm`: a = m a + g, w -= lr a (plain
 SGD when m = 0), with the accumulator reset by `restore`/`load_broadcast`,
-as TFF's client work starts each round with a fresh optimizer state.
+as TFF's client work starts each round with a fresh optimizer state. The
+accumulators hold lr a, and the gradients come out of the backward pass
+already scaled by lr (it enters once, at dL/dlogits), so the update costs
+a multiplication, an addition and a subtraction per weight (plain SGD: one
+subtraction) besides the variable reads and writes.
 
 Gradients come from the explicit builtin-op backward passes of
 `layers.py`. If the model has a layer without one, `build_trainer` can fall
@@ -49,7 +56,8 @@ import tensorflow_federated as tff
 
 from mobile_export import layers as layers_lib
 from tff_compress.encoders import prng
-from tff_compress.learning import encoded
+from tff_compress.encoders import settings as codec_settings
+from tff_compress.encoders import structure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +65,9 @@ class TrainerSettings:
   """What the trainer needs from a run's config.
 
   Attributes:
-    batch_size: Rows per `train` call (`client.batch_size`).
+    batch_size: The run's batch size (`client.batch_size`): the batches a
+      device client cuts its data into. `train` itself takes any number of
+      rows.
     learning_rate: Local SGD step size (`client.learning_rate`).
     momentum: Local SGD momentum (`client.momentum`; 0 = plain SGD).
     broadcast: Server->client codec (`broadcast.*`).
@@ -68,20 +78,19 @@ class TrainerSettings:
   batch_size: int
   learning_rate: float
   momentum: float
-  broadcast: encoded.CodecConfig
-  uplink: encoded.CodecConfig
+  broadcast: codec_settings.CodecSettings
+  uplink: codec_settings.CodecSettings
   seed: int
 
   @classmethod
-  def from_config(cls, config) -> 'TrainerSettings':
+  def of(cls, settings) -> 'TrainerSettings':
+    """From a run's settings (`config_lib.Settings`)."""
     return cls(
-        batch_size=int(config.client.batch_size),
-        learning_rate=float(config.client.learning_rate),
-        momentum=float(config.client.momentum),
-        broadcast=encoded.CodecConfig.from_config('broadcast',
-                                                  config.broadcast),
-        uplink=encoded.CodecConfig.from_config('uplink', config.uplink),
-        seed=int(config.seed))
+        batch_size=int(settings.client.batch_size),
+        learning_rate=float(settings.client.learning_rate),
+        momentum=float(settings.client.momentum),
+        broadcast=settings.broadcast, uplink=settings.uplink,
+        seed=int(settings.run.seed))
 
 
 def entry_name(tensor_index: int, key: str) -> str:
@@ -145,9 +154,9 @@ class Trainer(tf.Module):
                           for i, w in enumerate(weights)]
                          if settings.momentum else [])
     self.momentum_on = tf.Variable(0.0, name='momentum_on')
-    self.broadcast_coder = encoded.StructureCodec(
+    self.broadcast_coder = structure.StructureCodec(
         model_value_type(self.weight_shapes), settings.broadcast)
-    self.uplink_coder = encoded.StructureCodec(
+    self.uplink_coder = structure.StructureCodec(
         model_value_type(self.weight_shapes), settings.uplink)
 
   # ---- specs ----
@@ -173,9 +182,11 @@ class Trainer(tf.Module):
 
   # ---- the computations ----
 
-  def _loss_and_grads(self, x, y, weights):
+  def _loss_and_steps(self, x, y, weights):
+    """(loss, lr * dL/dW): the learning rate enters once, at dL/dlogits."""
+    lr = self.settings.learning_rate
     if self._network is not None:
-      return self._network.loss_and_grads(x, y, weights)
+      return self._network.loss_and_grads(x, y, weights, grad_scale=lr)
     with tf.GradientTape() as tape:
       logits = self._keras(x, training=True)
       valid = tf.cast(y >= 0, tf.float32)
@@ -183,24 +194,28 @@ class Trainer(tf.Module):
           tf.maximum(y, 0), logits)
       loss = tf.reduce_sum(per_row * valid) / tf.maximum(
           tf.reduce_sum(valid), 1.0)
-    return loss, tape.gradient(loss, self.weights)
+    return loss, [lr * g for g in tape.gradient(loss, self.weights)]
 
   def train_step(self, x, y):
-    """One SGD(M) step; returns the mean loss of the valid rows."""
+    """One SGD(M) step on the rows of x; the mean loss of the valid rows.
+
+    TFF's SGDM (a = m a + g, w -= lr a) with the accumulators holding lr a
+    (constant lr): lr a = m (lr a) + lr g, w -= lr a.
+    """
     weights = [v.read_value() for v in self.weights]
-    loss, grads = self._loss_and_grads(x, y, weights)
-    lr = tf.constant(self.settings.learning_rate, tf.float32)
+    loss, steps = self._loss_and_steps(x, y, weights)
     if self.settings.momentum:
-      # a <- m a + g, with a = 0 before the round's first step.
+      # lr a <- m (lr a) + lr g, with a = 0 before the round's first step.
       m = tf.constant(self.settings.momentum, tf.float32) * self.momentum_on
-      for v, a, g in zip(self.weights, self.accumulators, grads):
-        new_a = m * a + g
+      for v, w, a, step in zip(self.weights, weights, self.accumulators,
+                               steps):
+        new_a = m * a + step
         a.assign(new_a)
-        v.assign(v - lr * new_a)
+        v.assign(w - new_a)
       self.momentum_on.assign(1.0)
     else:
-      for v, g in zip(self.weights, grads):
-        v.assign(v - lr * g)
+      for v, w, step in zip(self.weights, weights, steps):
+        v.assign(w - step)
     return loss
 
   def logits(self, x):
@@ -249,9 +264,8 @@ class Trainer(tf.Module):
                    for i, s in enumerate(self.weight_shapes)}
 
     @tf.function(input_signature=[
-        tf.TensorSpec([self.settings.batch_size, *self.input_shape],
-                      tf.float32, 'x'),
-        tf.TensorSpec([self.settings.batch_size], tf.int32, 'y')])
+        tf.TensorSpec([None, *self.input_shape], tf.float32, 'x'),
+        tf.TensorSpec([None], tf.int32, 'y')])
     def train(x, y):
       return {'loss': self.train_step(x, y)}
 

@@ -147,7 +147,7 @@ def _check_override_keys(program: str, argv: Sequence[str]) -> None:
         close = [k for k in known if k.split('.')[-1] == key.split('.')[-1]]
         hint = f' (did you mean {close[0]!r}?)' if close else ''
         fail(program, f'unknown config key {key!r}{hint}; keys are listed '
-             'in README.md and tff_compress/config_lib.py')
+             'in README.md and in each package\'s settings.py')
 
 
 def _one_line(e: BaseException) -> str:

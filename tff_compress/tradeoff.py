@@ -41,10 +41,10 @@ def main(argv):
   import hashlib
   import json
   from tff_compress import config_lib
-  from tff_compress import runtime
   from tff_compress import tradeoff_lib
   from tff_compress.data import federated_data
   from tff_compress.program import run_dir as run_dir_lib
+  from tff_compress.runtime import errors as runtime_errors
   # pylint: enable=g-import-not-at-top
   try:
     base = config_lib.load_config_file(
@@ -64,9 +64,9 @@ def main(argv):
   try:
     tradeoff_lib.run_sweep(sweep, base, sweep_dir)
   except (tradeoff_lib.SweepError, run_dir_lib.RunDirError,
-          federated_data.DataError, runtime.WorkerUnavailableError) as e:
+          federated_data.DataError, runtime_errors.WorkerUnavailableError) as e:
     hint = ('; re-run the same command to resume (finished cells are kept)'
-            if isinstance(e, runtime.WorkerLostError) else '')
+            if isinstance(e, runtime_errors.WorkerLostError) else '')
     raise cli.UserError(f'{e}{hint}') from e
 
 

@@ -403,7 +403,7 @@ def write_results(rows: Sequence[dict], sweep_dir: str) -> None:
   lines.extend(frontier_lines(rows))
   with open(os.path.join(sweep_dir, 'results.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
-  _plot(rows, sweep_dir)
+  plot(rows, sweep_dir)
 
 
 # (row key or callable, what it costs, how to print it) of each frontier.
@@ -446,7 +446,7 @@ def frontier_lines(rows: Sequence[dict]) -> list[str]:
   return out
 
 
-def _plot(rows: Sequence[dict], sweep_dir: str) -> None:
+def plot(rows: Sequence[dict], sweep_dir: str) -> None:
   # pylint: disable=g-import-not-at-top
   import matplotlib
   matplotlib.use('Agg')

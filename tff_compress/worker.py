@@ -45,30 +45,34 @@ def main(argv):
     raise cli.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = cli.load_config(_CONFIG) if _CONFIG.value is not None else None
   # pylint: disable=g-import-not-at-top  (TensorFlow loads after validation)
-  from tff_compress import runtime
+  from tff_compress import config_lib
   from tff_compress import worker_lib
   from tff_compress.data import federated_data
-  from tff_compress.data import on_worker
+  from tff_compress.data import store as store_lib
   from tff_compress.program import run_dir as run_dir_lib
+  from tff_compress.runtime import settings as runtime_settings
   # pylint: enable=g-import-not-at-top
-  data_dir = on_worker.resolve_data_dir(
+  settings = config_lib.settings(config) if config is not None else None
+  data, seed = ((settings.data, settings.run.seed) if settings is not None
+                else (None, 0))
+  data_dir = store_lib.resolve_data_dir(
       run_dir_lib.resolve_user_path(_DATA_DIR.value) if _DATA_DIR.value
       else '')
   try:
     if _CHECK.value:
       try:
-        targets = runtime.parse_workers(_CHECK.value)
-      except runtime.WorkerAddressError as e:
+        targets = runtime_settings.parse_workers(_CHECK.value)
+      except runtime_settings.WorkerAddressError as e:
         raise cli.UserError(f'--check: {e}') from e
-      worker_lib.check(targets, _TIMEOUT.value, config, data_dir)
+      worker_lib.check(targets, _TIMEOUT.value, data, seed, data_dir)
       return
     if _PREPARE_ONLY.value and config is None:
       raise cli.UserError('--prepare_only needs --config=<simulation config>')
     if _PORT.value is None and not _PREPARE_ONLY.value:
       raise cli.UserError('--port is required (e.g. --port=8000)')
     os.makedirs(data_dir, exist_ok=True)
-    if config is not None:
-      worker_lib.prepare_data(config, data_dir)
+    if data is not None:
+      worker_lib.prepare_data(data, seed, data_dir)
     if _PREPARE_ONLY.value:
       return
     code = worker_lib.serve(_PORT.value, data_dir, _MAX_CALLS.value)

@@ -5,7 +5,7 @@ tensorflow_federated wheel), supervised by this process:
 
 * it serves on ``--port`` on all interfaces, with ``--data_dir`` as its
   working directory: the client-data stores of the runs it serves live in
-  ``<data_dir>/client_data/`` (see `tff_compress.data.on_worker`);
+  ``<data_dir>/client_data/`` (see `tff_compress.data.store`);
 * it dies with this process (``PR_SET_PDEATHSIG``), and SIGTERM / SIGINT stop
   it cleanly (exit status 0);
 * it is reported ready only once it answers gRPC.
@@ -23,7 +23,9 @@ import threading
 import time
 from typing import Optional, Sequence, TextIO
 
-from tff_compress import runtime
+from tff_compress.data import settings as data_settings
+from tff_compress.runtime import errors as runtime_errors
+from tff_compress.runtime import local as local_runtime
 
 
 class WorkerError(RuntimeError):
@@ -57,12 +59,13 @@ def check_port_free(port: int) -> None:
       sock.close()
 
 
-def prepare_data(config, data_dir: str, out: TextIO = sys.stdout) -> str:
-  """Writes the client-data store of `config`'s data under `data_dir`.
+def prepare_data(data: data_settings.DataSettings, seed: int, data_dir: str,
+                 out: TextIO = sys.stdout) -> str:
+  """Writes the client-data store of a run's data under `data_dir`.
 
   Args:
-    config: A validated simulation config (its ``data`` section and
-      ``seed`` determine the clients).
+    data: The run's `data.*` settings.
+    seed: The run's config seed (it determines the clients).
     data_dir: The worker's data directory.
     out: Where the one progress line goes.
 
@@ -70,12 +73,12 @@ def prepare_data(config, data_dir: str, out: TextIO = sys.stdout) -> str:
     The store directory.
   """
   # pylint: disable=g-import-not-at-top
-  from tff_compress.data import on_worker
   from tff_compress.data import registry as data_registry
+  from tff_compress.data import store as store_lib
   # pylint: enable=g-import-not-at-top
-  data = data_registry.build_federated_data(config.data, seed=config.seed)
-  store = on_worker.prepare_store(data, data_dir)
-  print(f'client data of {data.name} ({store.num_clients} clients, '
+  federated = data_registry.build_federated_data(data, seed=seed)
+  store = store_lib.prepare_store(federated, data_dir)
+  print(f'client data of {federated.name} ({store.num_clients} clients, '
         f'{store.num_test} test examples): {store.path}', file=out,
         flush=True)
   return store.path
@@ -110,13 +113,13 @@ def serve(
   if threading.current_thread() is threading.main_thread():
     for sig in (signal.SIGTERM, signal.SIGINT):
       signal.signal(sig, lambda *_: stop.set())
-  worker = runtime.LocalWorker(
+  worker = local_runtime.LocalWorker(
       port=port, cwd=data_dir, inherit_output=True,
       max_concurrent_computation_calls=max_concurrent_computation_calls)
   try:
     try:
-      runtime.wait_serving(worker)
-    except runtime.WorkerStartError as e:
+      local_runtime.wait_serving(worker)
+    except runtime_errors.WorkerStartError as e:
       raise WorkerError(str(e).splitlines()[0]) from e
     print(f'TFF worker serving on port {port} (pid {worker.pid}); '
           f'data dir {data_dir}', file=out, flush=True)
@@ -132,16 +135,18 @@ def serve(
     worker.stop()
 
 
-def check(targets: Sequence[str], timeout: float, config=None,
+def check(targets: Sequence[str], timeout: float,
+          data: Optional[data_settings.DataSettings] = None, seed: int = 0,
           data_dir: str = '', out: TextIO = sys.stdout) -> None:
   """Health check: every worker runs a computation (and reads the run's data).
 
   Args:
     targets: ``host:port`` of each worker.
     timeout: Seconds to wait for each connection.
-    config: Optional simulation config: also check that every worker can
-      read its client-data store (prepared under `data_dir` here first).
-    data_dir: Where this process prepares the store (`config` only).
+    data: Optional `data.*` settings of a run: also check that every worker
+      can read its client-data store (prepared under `data_dir` here first).
+    seed: The run's config seed (with `data`).
+    data_dir: Where this process prepares the store (`data` only).
     out: Where one ``ok host:port`` line per worker goes.
 
   Raises:
@@ -151,13 +156,15 @@ def check(targets: Sequence[str], timeout: float, config=None,
   # pylint: disable=g-import-not-at-top
   import numpy as np
   import tensorflow_federated as tff
-  from tff_compress.data import on_worker
   from tff_compress.data import registry as data_registry
+  from tff_compress.data import store as store_lib
+  from tff_compress.runtime import feed
+  from tff_compress.runtime import remote
   # pylint: enable=g-import-not-at-top
   store = None
-  if config is not None:
-    data = data_registry.build_federated_data(config.data, seed=config.seed)
-    store = on_worker.prepare_store(data, data_dir)
+  if data is not None:
+    store = store_lib.prepare_store(
+        data_registry.build_federated_data(data, seed=seed), data_dir)
 
   @tff.tensorflow.computation(np.int32)
   def add_one(x):
@@ -165,15 +172,15 @@ def check(targets: Sequence[str], timeout: float, config=None,
 
   t0 = time.monotonic()
   try:
-    with runtime.remote_context(list(targets),
-                                connect_timeout=timeout) as cluster:
+    with remote.remote_context(list(targets),
+                               connect_timeout=timeout) as cluster:
       for worker in cluster.workers:
         if cluster.run_on(worker, add_one, 41) != 42:
           raise WorkerError(f'TFF worker {worker.target} computed 41 + 1 '
                             'wrongly')
       if store is not None:
-        on_worker.check_workers(cluster, store)
-  except (runtime.RuntimeError_, on_worker.StoreError) as e:
+        feed.check_workers(cluster, store)
+  except (runtime_errors.RuntimeError_, store_lib.StoreError) as e:
     raise WorkerError(str(e)) from e
   for target in targets:
     print(f'ok {target}' + (f' (client data {store.relative_dir})'

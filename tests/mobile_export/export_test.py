@@ -1,5 +1,6 @@
 """Export binary failure modes and the Flex fallback."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,10 +11,13 @@ import numpy as np
 import tensorflow as tf
 
 from mobile_export import convert
+from mobile_export import device_client
+from mobile_export import export_lib
 from mobile_export import layers
 from mobile_export import trainer as trainer_lib
 from tests.mobile_export import device_testing
 from tff_compress import config_lib
+from tff_compress.models import registry as model_registry
 
 
 def _export(*args):
@@ -56,6 +60,71 @@ class ExportBinaryTest(absltest.TestCase):
     self.assertIn('--run_dir is required', proc.stderr)
 
 
+def _run_dir(batch_size: int) -> str:
+  """A finished-looking run of the smoke config (dense model), untrained."""
+  config = config_lib.load_config_file(
+      os.path.join(device_testing.WORKSPACE, 'configs', 'smoke.py'))
+  config.client.batch_size = batch_size
+  config = config_lib.validate(config)
+  run_dir = tempfile.mkdtemp()
+  with open(os.path.join(run_dir, 'config.json'), 'w') as f:
+    f.write(config_lib.to_json(config))
+  model = model_registry.build_model('dense', (28, 28, 1), 10)
+  np.savez(os.path.join(run_dir, 'final_weights.npz'), *model.get_weights())
+  return run_dir
+
+
+class ManifestTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.run_dir = _run_dir(batch_size=20)
+    cls.manifest = export_lib.export(cls.run_dir, calibration_examples=16,
+                                     out=open(os.devnull, 'w'))
+
+  def test_batch_rules(self):
+    m = self.manifest
+    self.assertEqual(m['format'], 2)
+    self.assertEqual(m['batch_size'], 20)
+    # The run's batch, at least Flower's default of 32.
+    self.assertEqual(m['max_batch_size'], 32)
+    self.assertEqual(m['round']['train_rows']['max'], 32)
+    self.assertEqual(m['round']['train_rows']['ignored_label'], -1)
+    train = m['signatures']['train']
+    self.assertEqual(train['inputs']['x'],
+                     {'shape': [-1, 28, 28, 1], 'dtype': 'float32'})
+    self.assertEqual(train['inputs']['y'], {'shape': [-1], 'dtype': 'int32'})
+    self.assertEqual(train['outputs']['loss']['dtype'], 'float32')
+    self.assertIn('max_batch_size', train['doc'])
+
+  def test_every_signature_and_round_step_is_described(self):
+    m = self.manifest
+    for key, signature in m['signatures'].items():
+      self.assertNotEmpty(signature.get('doc', ''), key)
+    steps = ' '.join(m['round']['steps'])
+    for name in ('load_broadcast', 'train', 'parameters', 'encode_update'):
+      self.assertIn(name, steps)
+
+  def test_a_maximum_below_the_runs_batch_is_refused(self):
+    with self.assertRaisesRegex(export_lib.ExportError,
+                                'max_batch_size=16 is below .*batch_size=20'):
+      export_lib.export(self.run_dir, out_dir=tempfile.mkdtemp(),
+                        max_batch_size=16, out=open(os.devnull, 'w'))
+
+  def test_a_fixed_batch_manifest_must_be_re_exported(self):
+    model_dir = tempfile.mkdtemp()
+    old = dict(self.manifest, format=1)
+    del old['max_batch_size']
+    with open(os.path.join(model_dir, 'manifest.json'), 'w') as f:
+      json.dump(old, f)
+    with open(os.path.join(model_dir, 'trainer.tflite'), 'wb') as f:
+      f.write(b'')
+    with self.assertRaisesRegex(device_client.DeviceError,
+                                'format 1 .*re-export'):
+      device_client.DeviceTrainer(model_dir)
+
+
 class FlexFallbackTest(absltest.TestCase):
 
   def test_unsupported_layer_falls_back_to_flex_loudly(self):
@@ -66,7 +135,7 @@ class FlexFallbackTest(absltest.TestCase):
         tf.keras.layers.Dense(3)])
     config = config_lib.default_config()
     config.client.batch_size = 4
-    settings = trainer_lib.TrainerSettings.from_config(config)
+    settings = trainer_lib.TrainerSettings.of(config_lib.settings(config))
     with self.assertRaises(layers.UnsupportedLayerError):
       trainer_lib.build_trainer(model, model.get_weights(), settings)
     trainer = trainer_lib.build_trainer(model, model.get_weights(), settings,

@@ -1,5 +1,7 @@
 """Explicit builtin-op backward passes == TensorFlow's autodiff."""
 
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
@@ -9,14 +11,19 @@ from mobile_export import layers
 from tff_compress.models import registry as model_registry
 
 
-def _check_grads(test, model, batch=6, seed=0, x=None):
+def _check_grads(test, model, batch=6, seed=0, x=None, loss_and_grads=None):
+  """Loss, every gradient and the logits of `model`'s network == TF's.
+
+  `loss_and_grads(x, y, weights)` defaults to the network's own (eager).
+  """
   net = layers.network_from_keras(model)
   rng = np.random.default_rng(seed)
   if x is None:
     x = rng.random((batch,) + net.input_shape).astype(np.float32)
   y = rng.integers(0, net.num_classes, len(x)).astype(np.int32)
   weights = [tf.constant(w) for w in model.get_weights()]
-  loss, grads = net.loss_and_grads(tf.constant(x), tf.constant(y), weights)
+  loss_and_grads = loss_and_grads or net.loss_and_grads
+  loss, grads = loss_and_grads(tf.constant(x), tf.constant(y), weights)
   with tf.GradientTape() as tape:
     want = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
         y, model(x))
@@ -27,8 +34,11 @@ def _check_grads(test, model, batch=6, seed=0, x=None):
     test.assertEqual(tuple(g.shape), tuple(w.shape))
     np.testing.assert_allclose(g, w, rtol=1e-4,
                                atol=1e-5 * float(tf.reduce_max(tf.abs(w))))
-  np.testing.assert_allclose(net.logits(tf.constant(x), weights), model(x),
-                             rtol=1e-5, atol=1e-6)
+  # Float32 sums in another order: absolute error relative to the largest
+  # logit (the separable convolution adds its kernel rows last).
+  want_logits = model(x).numpy()
+  np.testing.assert_allclose(net.logits(tf.constant(x), weights), want_logits,
+                             rtol=1e-5, atol=1e-6 * np.abs(want_logits).max())
 
 
 class LayersTest(parameterized.TestCase):
@@ -38,9 +48,12 @@ class LayersTest(parameterized.TestCase):
                                                   10))
     _check_grads(self, model_registry.build_model('dense', (28, 28, 1), 10))
 
-  @parameterized.product(padding=('same', 'valid'), stride=(1, 2))
-  def test_conv_padding_and_stride(self, padding, stride):
-    # Odd sizes: VALID stride 2 leaves unread rows; SAME pads unevenly.
+  @parameterized.product(padding=('same', 'valid'), stride=(1, 2),
+                         separable=(True, False))
+  def test_conv_padding_and_stride(self, padding, stride, separable):
+    # Odd sizes: VALID stride 2 leaves unread rows; SAME pads unevenly; the
+    # pooling crops a row. Both correlation forms, for the forward pass
+    # (stride 1) and for the input gradient (strides dilate it first).
     model = tf.keras.Sequential([
         tf.keras.layers.InputLayer((19, 16, 3)),
         tf.keras.layers.Conv2D(4, 3, stride, padding, activation='relu'),
@@ -49,17 +62,74 @@ class LayersTest(parameterized.TestCase):
         tf.keras.layers.Flatten(),
         tf.keras.layers.Dense(7),
     ])
+    depth = 0 if separable else 10**9
+    with mock.patch.object(layers, 'SEPARABLE_MIN_DEPTH', depth):
+      _check_grads(self, model)
+
+  @parameterized.named_parameters(
+      ('relu', 'relu', None, True),
+      ('relu_rescaled', 'relu', 2.5, True),
+      ('linear', None, None, True),
+      ('negative_scale_not_fused', 'relu', -0.5, False))
+  def test_conv_then_pool(self, activation, scale, fused):
+    stack = [tf.keras.layers.InputLayer((11, 9, 2)),
+             tf.keras.layers.Conv2D(6, 3, padding='same',
+                                    activation=activation)]
+    if scale is not None:
+      stack.append(tf.keras.layers.Rescaling(scale))
+    stack += [tf.keras.layers.MaxPool2D(2), tf.keras.layers.Flatten(),
+              tf.keras.layers.Dense(4)]
+    model = tf.keras.Sequential(stack)
+    kinds = [type(layer).__name__
+             for layer in layers.network_from_keras(model).layers]
+    self.assertEqual(kinds, ['Conv2D', 'Flatten', 'Dense'] if fused else
+                     ['Conv2D', 'Scale', 'MaxPool', 'Flatten', 'Dense'])
     _check_grads(self, model)
 
-  def test_max_pool_routes_to_the_first_maximum(self):
-    # Ties inside pooling windows (an input of few distinct values) and a
-    # cropped edge (odd size): TF's MaxPoolGrad picks the first maximum.
+  def test_fused_pooling_routes_ties_to_the_first_maximum(self):
+    # Zero input patches give every cell of a window the conv's bias: with
+    # a positive bias the ReLU keeps the tie, and TF's MaxPoolGrad sends
+    # the gradient to the window's first cell.
     model = tf.keras.Sequential([
-        tf.keras.layers.InputLayer((7, 9, 2)),
+        tf.keras.layers.InputLayer((8, 8, 1)),
+        tf.keras.layers.Conv2D(3, 3, padding='same', activation='relu',
+                               bias_initializer=tf.keras.initializers.Constant(
+                                   0.3)),
         tf.keras.layers.MaxPool2D(2),
         tf.keras.layers.Flatten(),
         tf.keras.layers.Dense(3),
     ])
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    x[:, 5:, 5:, :] = np.random.default_rng(4).random((4, 3, 3, 1))
+    _check_grads(self, model, x=x)
+
+  def test_one_graph_takes_any_batch_size(self):
+    model = model_registry.build_model('caldas_cnn', (28, 28, 1), 10)
+    net = layers.network_from_keras(model)
+    fn = tf.function(
+        net.loss_and_grads,
+        input_signature=[tf.TensorSpec([None, 28, 28, 1]),
+                         tf.TensorSpec([None], tf.int32),
+                         [tf.TensorSpec(s) for s in net.weight_shapes]])
+    for rows in (1, 7, 32):
+      _check_grads(self, model, batch=rows, seed=rows, loss_and_grads=fn)
+    self.assertEqual(fn.experimental_get_tracing_count(), 1)
+
+  def test_max_pool_routes_to_the_first_maximum(self):
+    # Ties inside pooling windows (integer inputs through a ones kernel) and
+    # a cropped edge (odd size): TF's MaxPoolGrad picks the first maximum.
+    # The negative rescaling keeps the pooling a layer of its own (not
+    # fused), and the convolution before it makes its routing matter.
+    model = tf.keras.Sequential([
+        tf.keras.layers.InputLayer((7, 9, 2)),
+        tf.keras.layers.Conv2D(2, 1, kernel_initializer='ones'),
+        tf.keras.layers.Rescaling(-1.0),
+        tf.keras.layers.MaxPool2D(2),
+        tf.keras.layers.Flatten(),
+        tf.keras.layers.Dense(3),
+    ])
+    self.assertIsInstance(layers.network_from_keras(model).layers[2],
+                          layers.MaxPool)
     rng = np.random.default_rng(1)
     x = rng.integers(0, 3, (4, 7, 9, 2)).astype(np.float32)
     _check_grads(self, model, x=x)

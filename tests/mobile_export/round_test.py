@@ -6,7 +6,8 @@ device round exports the same initial model with the export library, has
 the server encode the broadcast message, runs K reference clients in
 .venv-device (tflite-runtime and ai-edge-litert) in parallel, decodes their
 update messages with the simulation's decoder and applies the run's server
-optimizer. Both global models must agree to float tolerance.
+optimizer — the run's own TFF aggregation (`server.py`). Both global models
+must agree to float tolerance.
 """
 
 import collections
@@ -22,24 +23,21 @@ from mobile_export import device_client
 from mobile_export import export_lib
 from mobile_export import server as server_lib
 from tests.mobile_export import device_testing
+from tests.tff_compress import run_utils
 from tff_compress import config_lib
-from tff_compress import runtime
-from tff_compress import simulate_lib
 from tff_compress.data import registry as data_registry
-from tff_compress.learning import process as process_lib
+from tff_compress.fedavg import process as process_lib
 from tff_compress.learning import task as task_lib
+from tff_compress.program import sampling
+from tff_compress.runtime import local as local_runtime
 
 _K = 3
 
 
-def _config():
-  c = config_lib.load_config_file(
-      os.path.join(device_testing.WORKSPACE, 'configs', 'smoke.py'))
-  c.clients_per_round = _K
-  c.client.epochs = 2
-  c.client.momentum = 0.9
-  c.broadcast.transform, c.broadcast.bits = 'hadamard', 8
-  return config_lib.validate(c)
+def _config(**overrides):
+  return run_utils.smoke_config(**{
+      'clients_per_round': _K, 'client.epochs': 2, 'client.momentum': 0.9,
+      'broadcast.transform': 'hadamard', 'broadcast.bits': 8, **overrides})
 
 
 def _ordered_dataset(x, y, order, batch_size):
@@ -56,11 +54,11 @@ def _run_round(cls, cfg):
   data = cls.data = data_registry.build_federated_data(cfg.data,
                                                        seed=cfg.seed)
   task = task_lib.build_task(cfg.model.name, data, seed=cfg.seed)
-  training = process_lib.build_training(cfg, task)  # as simulate builds it
+  # As simulate builds it.
+  training = process_lib.build_training(run_utils.training(cfg), task)
   process = training.process
-  cls.picked = simulate_lib.sample_clients(len(data.client_ids), _K,
-                                           cfg.seed, 1)
-  cls.seeds = [simulate_lib.shuffle_seed(cfg.seed, 1, int(i))
+  cls.picked = sampling.sample_clients(len(data.client_ids), _K, cfg.seed, 1)
+  cls.seeds = [sampling.shuffle_seed(cfg.seed, 1, int(i))
                for i in cls.picked]
   # Both sides visit the examples in the device client's order (a phone
   # shuffles with its own RNG; the simulation's data loader may not).
@@ -71,7 +69,7 @@ def _run_round(cls, cfg):
         len(y), cfg.client.batch_size, cfg.client.epochs, seed))
     datasets.append(_ordered_dataset(x, y, order, cfg.client.batch_size))
   datasets = training.client_inputs(datasets)  # dropout: slot k = client k
-  with runtime.local_context():
+  with local_runtime.local_context():
     state = process.initialize()
     cls.w0 = [np.asarray(w) for w in
               process.get_model_weights(state).trainable]
@@ -91,7 +89,8 @@ def _run_round(cls, cfg):
 
   model = task.keras_model_fn()
   model.set_weights(cls.w0)
-  server = cls.server = server_lib.DeviceRoundServer.for_run(cfg, model)
+  server = cls.server = server_lib.DeviceRoundServer(
+      run_utils.settings(cfg), model)
   procs = []
   for k, (index, seed) in enumerate(zip(cls.picked, cls.seeds)):
     broadcast = os.path.join(cls.tmp, f'broadcast{k}.bin')
@@ -112,12 +111,14 @@ def _run_round(cls, cfg):
     if p.returncode != 0:
       raise AssertionError(f'device {k} failed:\n{stderr[-3000:]}')
     cls.summaries.append(json.loads(stdout.strip().splitlines()[-1]))
-  blobs = []
+  blobs = {}
   for k in range(_K):
     with open(os.path.join(cls.tmp, f'update{k}.bin'), 'rb') as f:
-      blobs.append(f.read())
-  cls.decoded = [server.decode_update(b) for b in blobs]
-  cls.w1_dev = server.apply(cls.w0, server.aggregate(blobs, round_index=0))
+      blobs[k] = f.read()
+  cls.decoded = [server.decode_update(blobs[k], 0) for k in range(_K)]
+  with local_runtime.local_context():
+    cls.result = server.run_round(server.initial_state(cls.w0), blobs)
+  cls.w1_dev = cls.result.state.weights
 
 
 class DeviceRoundTest(absltest.TestCase):
@@ -143,11 +144,10 @@ class DeviceRoundTest(absltest.TestCase):
       self.assertTrue(summary['finite'])
       self.assertEqual(summary['round'], 0)
 
-  def test_a_dropout_server_needs_the_plan(self):
-    cfg = _config()
-    cfg.dropout.keep = 0.75
-    with self.assertRaisesRegex(ValueError, 'Federated Dropout.*for_run'):
-      server_lib.DeviceRoundServer(cfg, [w.shape for w in self.w0])
+  def test_every_device_is_accepted(self):
+    self.assertEqual([(o.slot, o.status) for o in self.result.outcomes],
+                     [(k, server_lib.ACCEPTED) for k in range(_K)])
+    self.assertEqual(self.result.state.round, 1)
 
   def test_manifest(self):
     m = self.manifest
@@ -157,8 +157,10 @@ class DeviceRoundTest(absltest.TestCase):
     self.assertEqual(set(m['signatures']), {
         'train', 'infer', 'parameters', 'restore', 'load_broadcast',
         'encode_update'})
+    # Any batch up to max(run batch 32, 32) rows: the batch is -1.
     self.assertEqual(m['signatures']['train']['inputs']['x']['shape'],
-                     [32, 28, 28, 1])
+                     [-1, 28, 28, 1])
+    self.assertEqual(m['max_batch_size'], 32)
     self.assertEqual(m['optimizer'], {'name': 'sgdm', 'learning_rate': 0.1,
                                       'momentum': 0.9})
     for name, size in (('trainer.tflite', m['files']['trainer.tflite']),
@@ -184,16 +186,13 @@ class DeviceRoundTest(absltest.TestCase):
                      ['raw'])
 
 
-
 class DropoutDeviceRoundTest(absltest.TestCase):
   """The same round with Federated Dropout: devices hold submodels."""
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cfg = _config()
-    cfg.dropout.keep = 0.5
-    _run_round(cls, config_lib.validate(cfg))
+    _run_round(cls, _config(**{'dropout.keep': 0.5}))
 
   def test_global_model_matches_the_simulated_dropout_round(self):
     for dev, sim, w0 in zip(self.w1_dev, self.w1_sim, self.w0):

@@ -56,6 +56,12 @@ CASES = {
         'dp.noise_multiplier': 0.0, 'dp.clip': 0.2,
         'uplink.transform': 'hadamard', 'uplink.bits': 4,
         'uplink.min_size': 100}),
+    'dropout_float_uplink': ('smoke.py', {
+        'dropout.keep': 0.5, 'broadcast.transform': 'hadamard',
+        'broadcast.bits': 8, 'broadcast.min_size': 100}),
+    'dropout_dp_float_uplink': ('smoke.py', {
+        'dropout.keep': 0.75, 'dropout.mask': 'per_round',
+        'dp.mode': 'user', 'dp.noise_multiplier': 0.0, 'dp.clip': 0.2}),
     'dpsgd': ('smoke.py', {'dp.mode': 'sample', 'dp.noise_multiplier': 0.0,
                            'dp.microbatches': 4}),
     'secagg': ('smoke.py', {'secagg.enabled': True}),

@@ -11,6 +11,7 @@ import numpy as np
 
 from tests.tff_compress import process_utils
 from tests.tff_compress import run_utils
+from tff_compress import config_lib
 from tff_compress import simulate_lib
 from tff_compress.program import run_dir as run_dir_lib
 
@@ -67,9 +68,12 @@ class SimulateTest(absltest.TestCase):
       self.assertEqual(json.load(f)['rounds'], 6)
 
   def test_same_config_same_run_dir_name(self):
-    a = run_dir_lib.default_run_dir(_smoke_config(), base='/x')
-    b = run_dir_lib.default_run_dir(_smoke_config(), base='/x')
-    c = run_dir_lib.default_run_dir(_smoke_config(seed=1), base='/x')
+    def run_dir(cfg):
+      return run_dir_lib.default_run_dir(cfg.name, config_lib.config_hash(cfg),
+                                         base='/x')
+    a = run_dir(_smoke_config())
+    b = run_dir(_smoke_config())
+    c = run_dir(_smoke_config(seed=1))
     self.assertEqual(a, b)
     self.assertNotEqual(a, c)
     self.assertTrue(os.path.basename(a).startswith('smoke-'))
@@ -131,6 +135,33 @@ class SimulateTest(absltest.TestCase):
     self.assertEqual(summary['client_model_params'], 784 * 32 + 32 + 330)
     self.assertEqual(summary['model_params'], 784 * 64 + 64 + 650)
     self.assertGreater(summary['final_eval_accuracy'], 0.15)  # chance: 0.1
+
+  def test_run_dir_that_is_a_file_is_a_one_line_error(self):
+    path = self.create_tempfile('not_a_dir').full_path
+    child = _simulate(f'--run_dir={path}', stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE)
+    _, err = child.communicate(timeout=300)
+    lines = err.decode().strip().splitlines()
+    self.assertEqual(child.returncode, 2, err.decode()[-1500:])
+    self.assertLen(lines, 1)
+    self.assertIn('is not a directory', lines[0])
+    self.assertNotIn('Traceback', err.decode())
+
+  def test_failed_start_does_not_claim_the_run_dir(self):
+    """A start that fails (missing EMNIST cache) leaves nothing that refuses
+    the corrected command in the same --run_dir."""
+    run_dir = os.path.join(self.create_tempdir().full_path, 'run')
+    child = _simulate('--config.data.name=emnist',
+                      f'--config.data.cache_dir={run_dir}_no_cache',
+                      f'--run_dir={run_dir}', stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE)
+    _, err = child.communicate(timeout=300)
+    self.assertEqual(child.returncode, 2, err.decode()[-1500:])
+    self.assertLen(err.decode().strip().splitlines(), 1)
+    self.assertFalse(os.path.exists(os.path.join(run_dir, 'config.json')))
+    summary = simulate_lib.run(_smoke_config(rounds=1), run_dir,
+                               out=io.StringIO())
+    self.assertEqual(summary['rounds'], 1)
 
   def test_bad_configs_get_one_line_errors(self):
     cases = {

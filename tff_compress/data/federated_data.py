@@ -273,7 +273,7 @@ def make_client_dataset(
   last one holding the remainder (a batch may span two passes). These are
   exactly the batches of :func:`batches_in_order` on the same order, which is
   how remote workers build the dataset from the same seed
-  (`tff_compress.data.on_worker`).
+  (`tff_compress.data.store`, `tff_compress.runtime.feed`).
 
   The rows are gathered here, in numpy, and the dataset holds them in visiting
   order (``epochs * n`` rows: for ``epochs > 1``, `epochs` copies of the
@@ -356,7 +356,7 @@ def batches_in_order(x, y, order, batch_size: int) -> tf.data.Dataset:
   """Batches of ``OrderedDict(x, y)`` taking the rows of `order` in turn.
 
   Builds the dataset inside a graph (remote workers,
-  `tff_compress.data.on_worker`) without copying the rows: the batches equal
+  `tff_compress.data.store`) without copying the rows: the batches equal
   those of :func:`make_client_dataset` for the same order.
 
   Args:
@@ -379,3 +379,14 @@ def batches_in_order(x, y, order, batch_size: int) -> tf.data.Dataset:
         x=tf.gather(xy[0], idx), y=tf.gather(xy[1], idx))
 
   return tf.data.Dataset.zip((arrays, indices)).map(gather)
+
+
+def eval_bounds(num_test: int, num_clients: int) -> list[tuple[int, int]]:
+  """The test split cut into ``min(num_clients, num_test)`` contiguous slices.
+
+  Returns:
+    ``[(start, stop), ...]`` with ``stop - start`` differing by at most 1.
+  """
+  num = max(1, min(num_clients, num_test))
+  bounds = np.linspace(0, num_test, num + 1).astype(int)
+  return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]

@@ -267,3 +267,22 @@ def build_plan(model: tf.keras.Model,
     raise SubmodelError(f'{model.name}: could not map every weight')
   return SubmodelPlan(tuple(droppable), tuple(units), tuple(kept),
                       tuple(weights), tuple(shapes))
+
+
+def plan_for(model: tf.keras.Model, dropout) -> Optional[SubmodelPlan]:
+  """The submodel plan of `dropout.*` for `model`, or None if every unit
+  is kept. The one rule the simulation, the export and the device-round
+  server share.
+
+  Args:
+    model: The global Keras model.
+    dropout: The `dropout.*` settings (`dropout.settings.DropoutSettings`).
+
+  Raises:
+    SubmodelError: `dropout.*` does not fit the model.
+  """
+  if not dropout.active:
+    return None
+  plan = build_plan(model, keep_fractions(
+      model, dropout.keep, parse_per_layer(dropout.per_layer)))
+  return None if plan.is_identity else plan

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from tff_compress.encoders import chain as chain_lib
+from tff_compress.encoders import settings
 from tff_compress.encoders import stages
 
 CodecError = stages.CodecError
 
-TRANSFORMS = ('none', 'hadamard', 'kashin')
-BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
+TRANSFORMS = settings.TRANSFORMS
+BITS = settings.BITS
 
 
 def build_chain(
@@ -58,3 +59,9 @@ def build_chain(
     chain.append(stages.QuantizeStage(bits))
     chain.append(stages.BitpackStage(bits))
   return chain_lib.Chain(chain)
+
+
+def chain_for(codec: settings.CodecSettings) -> chain_lib.Chain:
+  """The chain of one direction's settings (`broadcast.*` / `uplink.*`)."""
+  return build_chain(transform=codec.transform, subsample=codec.subsample,
+                     bits=codec.bits, config_prefix=codec.prefix)

@@ -64,7 +64,7 @@ def run_round(training, state, plan: schedule.RoundPlan,
   """Runs `training.process` on the reporting clients of `plan`.
 
   Args:
-    training: A `learning.process.Training`.
+    training: A `fedavg.process.Training`.
     state: The learning process state before the round.
     plan: Who reports and with which fault codes.
     datasets: One dataset per sampled client, in `plan.sampled` order.

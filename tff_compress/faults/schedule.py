@@ -44,48 +44,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tff_compress.faults import settings as fault_settings
+
 # Fault codes sent to the fault-injecting client work (`client_work.py`).
 OK = 0
 NAN = 1
 HUGE = 2
 
 _FAULT_STREAM = 2  # sample_clients uses 0, shuffle seeds 1 (simulate_lib)
-
-
-@dataclasses.dataclass(frozen=True)
-class FaultSpec:
-  """The `faults.*` config section (units: probabilities, seconds)."""
-
-  drop_prob: float = 0.0
-  nan_prob: float = 0.0
-  huge_prob: float = 0.0
-  huge_norm: float = 1e6
-  over_select: float = 0.0
-  deadline: float = 0.0
-  latency_median: float = 10.0
-  latency_sigma: float = 0.5
-  seconds_per_example: float = 0.0
-  min_reports: int = 1
-
-  @classmethod
-  def from_config(cls, section) -> 'FaultSpec':
-    return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls)})
-
-  @property
-  def active(self) -> bool:
-    """True if any knob makes a round differ from 'every client reports'."""
-    return bool(self.drop_prob or self.nan_prob or self.huge_prob or
-                self.over_select or self.deadline)
-
-  @property
-  def poisons(self) -> bool:
-    """True if some reporting clients send NaN or huge updates."""
-    return bool(self.nan_prob or self.huge_prob)
-
-  def num_sampled(self, clients_per_round: int) -> int:
-    """n = ⌈K·(1+x)⌉ (rounded first so 10·1.3 gives 13, not 14)."""
-    return int(math.ceil(round(clients_per_round * (1.0 + self.over_select),
-                               9)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +106,8 @@ class RoundPlan:
     return self.codes[self.reporting]
 
 
-def client_draws(spec: FaultSpec, seed: int, round_num: int,
-                 client_index: int, local_examples: int
+def client_draws(spec: fault_settings.FaultSettings, seed: int,
+                 round_num: int, client_index: int, local_examples: int
                  ) -> tuple[bool, int, float]:
   """(dropped, fault code, latency seconds) of one client in one round.
 
@@ -167,7 +133,7 @@ def client_draws(spec: FaultSpec, seed: int, round_num: int,
   return bool(dropped), code, float(latency)
 
 
-def plan_round(spec: FaultSpec, seed: int, round_num: int,
+def plan_round(spec: fault_settings.FaultSettings, seed: int, round_num: int,
                sampled: Sequence[int], local_examples: Sequence[int],
                clients_per_round: int) -> RoundPlan:
   """Which of the `sampled` clients report in `round_num` (module docstring).

@@ -32,9 +32,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_compress.encoders import chain as chain_lib
+from tff_compress.fedavg import settings as fedavg_settings
 from tff_compress.gkt import training
-from tff_compress.learning import payload
-from tff_compress.learning import registry as learning_registry
 from tff_compress.learning import task as task_lib
 
 _EVAL_BATCH = 256
@@ -61,14 +61,16 @@ class FedAvgBnProcess:
   client_update: tff.Computation
 
 
-def build_fedavg_bn(cfg, task: task_lib.Task,
-                    input_shape) -> FedAvgBnProcess:
-  """FedAvg-BN of `task`'s model with the `client.*` / `server.*` settings."""
-  server_opt = learning_registry.SERVER_OPTIMIZERS[cfg.server.optimizer](cfg)
+def build_fedavg_bn(client: fedavg_settings.ClientSettings,
+                    server_optimizer: tff.learning.optimizers.Optimizer,
+                    task: task_lib.Task, input_shape) -> FedAvgBnProcess:
+  """FedAvg-BN of `task`'s model: local SGD(M) per `client`, the averaged
+  update applied with `server_optimizer` (the run's `server.*`)."""
+  server_opt = server_optimizer
   client_opt = tff.learning.optimizers.build_sgdm(
-      cfg.client.learning_rate, momentum=cfg.client.momentum or None)
-  spec = training.TrainSpec(epochs=cfg.client.epochs,
-                            batch_size=cfg.client.batch_size)
+      client.learning_rate, momentum=client.momentum or None)
+  spec = training.TrainSpec(epochs=client.epochs,
+                            batch_size=client.batch_size)
 
   def trainable_specs(model):
     return [tf.TensorSpec(v.shape, v.dtype) for v in model.trainable_variables]
@@ -112,11 +114,11 @@ def build_fedavg_bn(cfg, task: task_lib.Task,
 
   @tff.tensorflow.computation(weights_type)
   def bytes_received(weights):
-    return payload.tensor_bytes(weights)
+    return chain_lib.payload_bytes(weights)
 
   @tff.tensorflow.computation(update_type, np.float32)
   def bytes_sent(update, weight):
-    return payload.tensor_bytes((update, weight))
+    return chain_lib.payload_bytes((update, weight))
 
   @tff.tensorflow.computation(state_type, update_type)
   def server_update(state, mean):

@@ -43,23 +43,23 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_compress.encoders import chain as chain_lib
 from tff_compress.gkt import codec as codec_lib
+from tff_compress.gkt import settings as gkt_settings
 from tff_compress.gkt import training
-from tff_compress.learning import payload
 from tff_compress.models import flops
 from tff_compress.models import resnet
 
 _PREDICT_BATCH = 256
 
-# Config `model.name` of the large network FedGKT trains -> its depth.
-SERVER_DEPTHS = {'resnet20': 20, 'resnet56': 56, 'resnet110': 110}
+SERVER_DEPTHS = gkt_settings.SERVER_DEPTHS
 # Config `gkt.edge_model` -> bottleneck blocks after the stem.
 EDGE_MODELS = dict(resnet.EDGE_BLOCKS)
 
 
 @dataclasses.dataclass(frozen=True)
-class GktSettings:
-  """Everything the computations depend on (from the config and the data).
+class GktSpec:
+  """Everything the computations depend on (from the settings and the data).
 
   Attributes:
     input_shape: Image shape (H, W, C).
@@ -92,16 +92,18 @@ class GktSettings:
   seed: int
 
   @classmethod
-  def from_config(cls, cfg, input_shape: Sequence[int],
-                  num_classes: int, num_clients: int) -> 'GktSettings':
-    g = cfg.gkt
+  def create(cls, g: gkt_settings.GktSettings, *, model_name: str,
+             epochs: int, batch_size: int, input_shape: Sequence[int],
+             num_classes: int, num_clients: int, seed: int) -> 'GktSpec':
+    """The spec of a run: `gkt.*`, the server's model, the client's local
+    epochs and batch size, the data's shapes and the config seed."""
     return cls(
         input_shape=tuple(int(d) for d in input_shape),
         num_classes=int(num_classes),
-        depth=SERVER_DEPTHS[cfg.model.name],
+        depth=SERVER_DEPTHS[model_name],
         edge_blocks=EDGE_MODELS[g.edge_model],
         client=training.TrainSpec(
-            epochs=cfg.client.epochs, batch_size=cfg.client.batch_size,
+            epochs=epochs, batch_size=batch_size,
             kd_weight=g.alpha, temperature=g.temperature,
             weight_decay=g.weight_decay),
         server=training.TrainSpec(
@@ -114,7 +116,7 @@ class GktSettings:
         server_learning_rate=g.server_learning_rate,
         bits=g.bits,
         num_clients=int(num_clients),
-        seed=cfg.seed)
+        seed=int(seed))
 
   @property
   def feature_shape(self) -> tuple[int, int, int]:
@@ -164,7 +166,7 @@ class ModelReport:
                            self.edge_forward_flops)
 
 
-def model_report(settings: GktSettings) -> ModelReport:
+def model_report(settings: GktSpec) -> ModelReport:
   edge = resnet.build_edge_classifier(
       settings.input_shape, settings.num_classes, settings.edge_blocks)
   server = settings.server_model()
@@ -179,7 +181,7 @@ def model_report(settings: GktSettings) -> ModelReport:
       whole_train_flops=flops.training_flops_per_example(whole))
 
 
-def _empty_rows(settings: GktSettings):
+def _empty_rows(settings: GktSpec):
   """Zero rows typed with an unknown row count (the gather's accumulator)."""
   k = settings.num_classes
 
@@ -220,10 +222,10 @@ class GktProcess:
   next: tff.Computation
   evaluate: tff.Computation
   client_state_type: tff.Type
-  settings: GktSettings
+  settings: GktSpec
 
 
-def build_gkt_process(settings: GktSettings) -> GktProcess:
+def build_gkt_process(settings: GktSpec) -> GktProcess:
   """Builds FedGKT's computations for `settings` (see the module doc)."""
   s = settings
   codec = codec_lib.FeatureCodec(s.feature_shape, s.bits)
@@ -277,10 +279,10 @@ def build_gkt_process(settings: GktSettings) -> GktProcess:
     upload = collections.OrderedDict(
         key=inp['key'], features=message, logits=logits, labels=inp['y'])
     sent = collections.OrderedDict(
-        total=payload.tensor_bytes(upload),
-        features=payload.tensor_bytes(message),
-        logits=payload.tensor_bytes(logits),
-        labels=payload.tensor_bytes(inp['y']))
+        total=chain_lib.payload_bytes(upload),
+        features=chain_lib.payload_bytes(message),
+        logits=chain_lib.payload_bytes(logits),
+        labels=chain_lib.payload_bytes(inp['y']))
     kept = collections.OrderedDict(
         weights=training.read_weights(model), opt_state=opt_state)
     return collections.OrderedDict(
@@ -368,7 +370,7 @@ def build_gkt_process(settings: GktSettings) -> GktProcess:
         teacher=logits,
         teacher_mask=tf.ones([tf.shape(logits)[0]], tf.float32))
     return collections.OrderedDict(
-        state=state, bytes_down=payload.tensor_bytes(logits))
+        state=state, bytes_down=chain_lib.payload_bytes(logits))
 
   @tff.federated_computation(
       tff.FederatedType(server_state_type, tff.SERVER),

@@ -48,6 +48,8 @@ from typing import Optional, Sequence
 import dp_accounting
 from dp_accounting import rdp
 
+from tff_compress.privacy import settings
+
 _REPLACE_ONE = dp_accounting.NeighboringRelation.REPLACE_ONE
 _ADD_REMOVE = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
 SAMPLINGS = ('uniform', 'poisson')
@@ -196,26 +198,30 @@ def _check_delta(delta: float) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class RunAccountant:
-  """ε after each round of one simulation, from its config.
+  """ε after each round of one simulation.
 
   Attributes:
-    mode: 'none', 'user' or 'sample' (`dp.mode`).
-    cfg: The validated config.
+    dp: The `dp.*` settings (mode, noise multiplier, δ, clip, microbatches).
+    clients_per_round: K, clients sampled per round.
+    batch_size: Local batch size B (sample-level DP).
+    epochs: Local epochs E (sample-level DP).
     client_sizes: Local training examples of every client, in client order.
   """
 
-  mode: str
-  cfg: object
+  dp: settings.DpSettings
+  clients_per_round: int
+  batch_size: int
+  epochs: int
   client_sizes: tuple
 
-  @classmethod
-  def from_config(cls, cfg, client_sizes: Sequence[int]) -> 'RunAccountant':
-    return cls(cfg.dp.mode, cfg, tuple(int(n) for n in client_sizes))
+  @property
+  def mode(self) -> str:
+    return self.dp.mode
 
   @property
   def microbatch_size(self) -> int:
-    m = self.cfg.dp.microbatches or self.cfg.client.batch_size
-    return self.cfg.client.batch_size // m
+    m = self.dp.microbatches or self.batch_size
+    return self.batch_size // m
 
   def epsilon(self, round_num: int,
               participations: Optional[Sequence[int]] = None
@@ -227,49 +233,48 @@ class RunAccountant:
       participations: For sample-level DP, how many of those rounds each
         client took part in.
     """
-    cfg = self.cfg
+    dp = self.dp
     if self.mode == 'none':
       return None
     if self.mode == 'user':
       return user_level_epsilon(
-          len(self.client_sizes), cfg.clients_per_round,
-          float(cfg.dp.noise_multiplier), int(round_num), float(cfg.dp.delta))
+          len(self.client_sizes), self.clients_per_round,
+          float(dp.noise_multiplier), int(round_num), float(dp.delta))
     if participations is None:
       raise AccountingError('sample-level DP needs the participation counts')
     return sample_level_epsilon(
-        self.client_sizes, participations, cfg.client.batch_size,
-        cfg.client.epochs, float(cfg.dp.noise_multiplier),
-        self.microbatch_size, float(cfg.dp.delta))
+        self.client_sizes, participations, self.batch_size, self.epochs,
+        float(dp.noise_multiplier), self.microbatch_size, float(dp.delta))
 
   def statement(self, rounds: int,
                 participations: Optional[Sequence[int]] = None) -> dict:
     """What the reported ε means, for `summary.json`."""
-    cfg = self.cfg
+    dp = self.dp
     if self.mode == 'none':
       return {'mode': 'none'}
     out = {
         'mode': self.mode,
-        'delta': cfg.dp.delta,
-        'noise_multiplier': cfg.dp.noise_multiplier,
+        'delta': dp.delta,
+        'noise_multiplier': dp.noise_multiplier,
         'epsilon': self.epsilon(rounds, participations),
         'accountant': 'dp_accounting RDP',
     }
     if self.mode == 'user':
       out.update(
           unit='client', neighbouring='replace-one client',
-          sampling=(f'{cfg.clients_per_round} of {len(self.client_sizes)} '
+          sampling=(f'{self.clients_per_round} of {len(self.client_sizes)} '
                     'clients per round, uniformly without replacement'),
-          clip=cfg.dp.clip, adaptive_clip=cfg.dp.adaptive,
+          clip=dp.clip, adaptive_clip=dp.adaptive,
           epsilon_poisson_approximation=(
               user_level_epsilon(len(self.client_sizes),
-                                 cfg.clients_per_round,
-                                 float(cfg.dp.noise_multiplier), rounds,
-                                 float(cfg.dp.delta), 'poisson')
-              if cfg.dp.noise_multiplier > 0 else math.inf))
+                                 self.clients_per_round,
+                                 float(dp.noise_multiplier), rounds,
+                                 float(dp.delta), 'poisson')
+              if dp.noise_multiplier > 0 else math.inf))
     else:
       out.update(
           unit='example', neighbouring='add/remove-one example',
           sampling=('each local step Poisson(B/n) as in DP-SGD accounting; '
                     'no credit for client sampling; max over clients'),
-          clip=cfg.dp.clip, microbatch_size=self.microbatch_size)
+          clip=dp.clip, microbatch_size=self.microbatch_size)
     return out

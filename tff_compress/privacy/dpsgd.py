@@ -36,6 +36,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 import tensorflow_privacy as tfp
 
+from tff_compress.privacy import settings
+
 _loss = tf.keras.losses.SparseCategoricalCrossentropy(
     from_logits=True, reduction=tf.keras.losses.Reduction.NONE)
 
@@ -86,22 +88,25 @@ def dp_gradients(model, batch, clip: float, noise_multiplier: float,
   return [g / denominator for g in noised], b
 
 
-def build_dpsgd_client_work(cfg, task, model_weights_type
-                            ) -> tff.learning.templates.ClientWorkProcess:
-  """DP-SGD client work; signature of `learning.registry.CLIENT_WORKS`.
+def build_dpsgd_client_work(
+    task, model_weights_type, dp: settings.DpSettings, *,
+    learning_rate: float, momentum: float, batch_size: int,
+) -> tff.learning.templates.ClientWorkProcess:
+  """DP-SGD client work with local SGD(M) at `learning_rate`, `momentum`.
 
   Args:
-    cfg: Config; reads `client.*` and `dp.clip`, `dp.noise_multiplier`,
-      `dp.microbatches`.
     task: Uses only `task.model_fn`.
     model_weights_type: The `ModelWeights` type the distributor delivers.
+    dp: Reads `clip`, `noise_multiplier`, `microbatches`.
+    learning_rate: Local SGD step size.
+    momentum: Local SGD momentum (0 = plain SGD).
+    batch_size: Examples per local batch B (microbatches divide it).
   """
-  clip = float(cfg.dp.clip)
-  sigma = float(cfg.dp.noise_multiplier)
-  k = microbatch_size(cfg.client.batch_size, cfg.dp.microbatches)
+  clip = float(dp.clip)
+  sigma = float(dp.noise_multiplier)
+  k = microbatch_size(batch_size, dp.microbatches)
   optimizer = tff.learning.optimizers.build_sgdm(
-      learning_rate=cfg.client.learning_rate,
-      momentum=cfg.client.momentum or None)
+      learning_rate=learning_rate, momentum=momentum or None)
 
   with tf.Graph().as_default():
     probe = task.model_fn()

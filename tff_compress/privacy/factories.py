@@ -2,16 +2,18 @@
 
 The aggregator of `dp.mode=user` is, from the outside in:
 
-  UniformWeightAdapter      the learning process passes weights; DP-FedAvg
+  zeroing (weighted)        non-finite or huge (‖Δ‖ > dp.zeroing_norm)
+                            updates become zero, counted as `zeroed`; the
+                            weight is kept (the mean's denominator is K)
+  └ as_weighted_aggregator  the learning process passes weights; DP-FedAvg
                             ignores them (see below)
-  └ ZeroingFactory          non-finite or huge (‖Δ‖ > dp.zeroing_norm)
-                            updates become zero, counted as `zeroed`
     └ tff.aggregators.DifferentiallyPrivateFactory
                             clip to C (fixed or adaptive quantile clipping),
                             sum, add N(0, σ²C²), divide by K
       └ record aggregation  BoundedRecordSumFactory: the uplink codec, with
-                            the decoded record's norm ≤ C (`bounded.py`);
-                            or `secure.SecureQuantizedSumFactory`
+                            the decoded record's norm ≤ C
+                            (`encoders/bounded.py`); or
+                            `secure.SecureQuantizedSumFactory`
 
 DP-FedAvg is *unweighted*: every sampled client's clipped update counts
 once and the noisy sum is divided by the fixed K = `clients_per_round`.
@@ -19,96 +21,87 @@ Example-count weights would be data-dependent (one client's weight is its
 dataset size, which its data determines) and would scale its influence
 beyond C, so with DP on the client work reports weight 1 per client
 (`ClientWeighting.UNIFORM`) and the aggregator never reads the weights.
+
+TFF's own factories report their figures at fixed nested places;
+`with_measurements` lifts those to the standard names of the aggregation
+toolkit (`learning/aggregators.py`).
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_compress.learning import encoded
-from tff_compress.learning import payload
-from tff_compress.privacy import bounded
+from tff_compress.encoders import bounded
+from tff_compress.encoders import chain as chain_lib
+from tff_compress.encoders import settings as codec_settings
+from tff_compress.encoders import structure
+from tff_compress.learning import aggregators
+from tff_compress.learning import counters
 from tff_compress.privacy import secure
+from tff_compress.privacy import settings
 
 
 def _struct_template(value_type):
   return tff.types.structure_from_tensor_type_tree(lambda t: 0, value_type)
 
 
-def _round_counter():
-  """(init, increment) TFF computations of an int64 round counter."""
-
-  @tff.tensorflow.computation
-  def initial_round():
-    return tf.constant(0, tf.int64)
-
-  @tff.tensorflow.computation(np.int64)
-  def increment(round_num):
-    return round_num + 1
-
-  return initial_round, increment
+def _has_path(type_spec, path: Sequence[str]) -> bool:
+  for name in path:
+    if (not isinstance(type_spec, tff.StructType) or
+        name not in tff.structure.name_list(type_spec)):
+      return False
+    type_spec = type_spec[name]
+  return True
 
 
-def zero_bad_value(value, zeroing_norm: float):
-  """(value, 0) if finite with ‖value‖₂ ≤ zeroing_norm, else (zeros, 1).
+def with_measurements(
+    inner: tff.aggregators.UnweightedAggregationFactory,
+    paths: dict[str, Sequence[str]],
+) -> tff.aggregators.UnweightedAggregationFactory:
+  """`inner`, reporting its figures at `paths` under standard names.
 
-  The int32 flag says whether the value was zeroed. Shared by the zeroing
-  stages of DP (`ZeroingFactory`) and of fault tolerance
-  (`tff_compress/faults/zeroing.py`).
-  """
-  value, non_finite = bounded.zero_if_non_finite(value)
-  huge = bounded.global_l2_norm(value) > zeroing_norm
-  value = tf.nest.map_structure(
-      lambda t: tf.where(huge, tf.zeros_like(t), t), value)
-  return value, tf.cast(tf.logical_or(non_finite > 0, huge), tf.int32)
-
-
-class ZeroingFactory(tff.aggregators.UnweightedAggregationFactory):
-  """Replaces non-finite or too-large client values by zeros.
-
-  A value is zeroed if any entry is NaN/Inf or its global L2 norm exceeds
-  `zeroing_norm`. TFF's `zeroing_factory` compares `norm > threshold`, which
-  is False for a NaN norm, so it would let a NaN update through to the DP
-  clip (where `tf.clip_by_global_norm` turns the whole update into NaN) —
-  hence this factory. Measurements: `zeroed` (clients zeroed this round) and
-  the inner factory's.
+  Args:
+    inner: An unweighted factory whose measurements hold, e.g., `clip` at
+      `('dp_query_metrics', 'clip')`.
+    paths: Standard name -> path of names in `inner`'s measurements; a path
+      the created process lacks is skipped (e.g. `clip` with fixed
+      clipping).
   """
 
-  def __init__(self, zeroing_norm: float,
-               inner: tff.aggregators.UnweightedAggregationFactory):
-    if not zeroing_norm > 0:
-      raise ValueError(f'zeroing_norm must be > 0, got {zeroing_norm}')
-    self._zeroing_norm = float(zeroing_norm)
-    self._inner = inner
+  def build(value_type, weight_type):
+    del weight_type  # unweighted
+    inner_process = inner.create(value_type)
+    m_type = inner_process.next.type_signature.result.measurements.member
+    present = {name: path for name, path in paths.items()
+               if _has_path(m_type, path)}
 
-  def create(self, value_type) -> tff.templates.AggregationProcess:
-    inner = self._inner.create(value_type)
-    threshold = self._zeroing_norm
+    @tff.tensorflow.computation(m_type)
+    def pick(m):
+      out = collections.OrderedDict()
+      for name, path in present.items():
+        value = m
+        for key in path:
+          value = value[key]
+        out[name] = value
+      out['inner'] = m
+      return out
 
-    @tff.tensorflow.computation(value_type)
-    def zero(value):
-      return zero_bad_value(value, threshold)
-
-    @tff.federated_computation()
-    def init_fn():
-      return inner.initialize()
-
-    @tff.federated_computation(init_fn.type_signature.result,
+    @tff.federated_computation(inner_process.state_type,
                                tff.FederatedType(value_type, tff.CLIENTS))
     def next_fn(state, value):
-      zeroed_value, flag = tff.federated_map(zero, value)
-      out = inner.next(state, zeroed_value)
+      out = inner_process.next(state, value)
       return tff.templates.MeasuredProcessOutput(
           state=out.state, result=out.result,
-          measurements=tff.federated_zip(collections.OrderedDict(
-              zeroed=tff.federated_sum(flag), inner=out.measurements)))
+          measurements=tff.federated_map(pick, out.measurements))
 
-    return tff.templates.AggregationProcess(init_fn, next_fn)
+    return tff.templates.AggregationProcess(inner_process.initialize, next_fn)
+
+  return aggregators.wrap(inner, build)
 
 
 class BoundedRecordSumFactory(tff.aggregators.UnweightedAggregationFactory):
@@ -118,7 +111,8 @@ class BoundedRecordSumFactory(tff.aggregators.UnweightedAggregationFactory):
   each client's record after the DP query clipped it, encodes it with the
   uplink codec under `bounded.bounded_encode` so the value the server decodes
   (and sums) still has L2 norm ≤ the clip, and reports `bytes_up` (the
-  encoded tensors plus the 8-byte seed, and the raw adaptive-clipping bit).
+  encoded tensors plus the seed, and the raw adaptive-clipping bit) and
+  `bound_scale` (the mean factor records were shrunk by).
 
   Which bound: `clip` when given (fixed clipping: C); otherwise each record's
   own norm, which the query already capped at the current adaptive clip
@@ -128,7 +122,7 @@ class BoundedRecordSumFactory(tff.aggregators.UnweightedAggregationFactory):
   bit); only the update is encoded, the bit is sent raw (float32).
   """
 
-  def __init__(self, codec: encoded.CodecConfig, seed: int,
+  def __init__(self, codec: codec_settings.CodecSettings, seed: int,
                clip: Optional[float], adaptive: bool):
     self._codec = codec
     self._seed = seed
@@ -138,11 +132,12 @@ class BoundedRecordSumFactory(tff.aggregators.UnweightedAggregationFactory):
   def create(self, record_type) -> tff.templates.AggregationProcess:
     adaptive = self._adaptive
     update_type = record_type[0] if adaptive else record_type
-    coder = encoded.StructureCodec(update_type, self._codec)
+    coder = structure.StructureCodec(update_type, self._codec)
     bounded.check_homogeneous(coder)
     identity = self._codec.is_identity
     clip, base_seed = self._clip, self._seed
     template = _struct_template(record_type)
+    counter = counters.RoundCounter(0)
 
     @tff.tensorflow.computation(record_type, np.int64)
     def encode(record, round_num):
@@ -176,13 +171,11 @@ class BoundedRecordSumFactory(tff.aggregators.UnweightedAggregationFactory):
 
     @tff.tensorflow.computation(message_type)
     def bytes_of(message):
-      return payload.tensor_bytes(message)
-
-    initial_round, increment = _round_counter()
+      return chain_lib.payload_bytes(message)
 
     @tff.federated_computation()
     def init_fn():
-      return tff.federated_eval(initial_round, tff.SERVER)
+      return counter.initialize_at_server()
 
     @tff.federated_computation(init_fn.type_signature.result,
                                tff.FederatedType(record_type, tff.CLIENTS))
@@ -191,7 +184,7 @@ class BoundedRecordSumFactory(tff.aggregators.UnweightedAggregationFactory):
           encode, (record, tff.federated_broadcast(state)))
       decoded = tff.federated_map(decode, message)
       return tff.templates.MeasuredProcessOutput(
-          state=tff.federated_map(increment, state),
+          state=counter.next_at_server(state),
           result=tff.federated_sum(decoded),
           measurements=tff.federated_zip(collections.OrderedDict(
               bytes_up=tff.federated_sum(tff.federated_map(bytes_of,
@@ -201,83 +194,7 @@ class BoundedRecordSumFactory(tff.aggregators.UnweightedAggregationFactory):
     return tff.templates.AggregationProcess(init_fn, next_fn)
 
 
-class UniformWeightAdapter(tff.aggregators.WeightedAggregationFactory):
-  """Puts an unweighted aggregator where the learning process wants weights.
-
-  `compose_learning_process` always calls `aggregator.next(state, update,
-  weight)`. The weights are dropped (not sent: `bytes_up` counts none);
-  clients that arrive with weight 0 are those whose update TFF's client work
-  already zeroed for being non-finite, and are added to `zeroed`.
-
-  Measurements are flattened to what the driver reads: `bytes_up`, `zeroed`,
-  `bound_scale` (mean factor applied to meet the decoded-norm bound; 1 when
-  nothing was shrunk), `clip` (the current clip norm when adaptive), and the
-  inner factory's measurements under `detail`.
-  """
-
-  def __init__(self, inner: tff.aggregators.UnweightedAggregationFactory):
-    self._inner = inner
-
-  def create(self, value_type, weight_type) -> tff.templates.AggregationProcess:
-    inner = self._inner.create(value_type)
-    measurements_type = inner.next.type_signature.result.measurements.member
-
-    @tff.tensorflow.computation(weight_type)
-    def is_zero(weight):
-      return tf.cast(tf.equal(weight, 0), tf.int32)
-
-    @tff.tensorflow.computation(measurements_type, np.int32)
-    def summarize(m, zero_weight):
-      found = _find_leaves(m, ('bytes_up', 'zeroed', 'bound_scale', 'clip'))
-      return collections.OrderedDict(
-          bytes_up=tf.cast(found.get('bytes_up', 0), tf.int64),
-          zeroed=tf.cast(found.get('zeroed', 0), tf.int32) + zero_weight,
-          bound_scale=tf.cast(found.get('bound_scale', 1.0), tf.float32),
-          clip=tf.cast(found.get('clip', -1.0), tf.float32),
-          detail=m)
-
-    @tff.federated_computation()
-    def init_fn():
-      return inner.initialize()
-
-    @tff.federated_computation(init_fn.type_signature.result,
-                               tff.FederatedType(value_type, tff.CLIENTS),
-                               tff.FederatedType(weight_type, tff.CLIENTS))
-    def next_fn(state, value, weight):
-      out = inner.next(state, value)
-      zero_weight = tff.federated_sum(tff.federated_map(is_zero, weight))
-      return tff.templates.MeasuredProcessOutput(
-          state=out.state, result=out.result,
-          measurements=tff.federated_map(
-              summarize, (out.measurements, zero_weight)))
-
-    return tff.templates.AggregationProcess(init_fn, next_fn)
-
-
-def _find_leaves(structure, names) -> dict:
-  """{name: first leaf with that key, depth-first} for nested dicts/tuples."""
-  found = {}
-
-  def visit(node):
-    items = None
-    if isinstance(node, collections.abc.Mapping):
-      items = node.items()
-    elif hasattr(node, '_asdict'):
-      items = node._asdict().items()
-    if items is None:
-      return
-    for key, child in items:
-      if key in names and key not in found and not isinstance(
-          child, (collections.abc.Mapping, tuple, list)):
-        found[key] = child
-      else:
-        visit(child)
-
-  visit(structure)
-  return found
-
-
-def dp_query(cfg):
+def dp_query(dp: settings.DpSettings, clients_per_round: int):
   """The tensorflow-privacy query of TFF's Gaussian DP-FedAvg presets.
 
   `DifferentiallyPrivateFactory.gaussian_fixed/gaussian_adaptive` build the
@@ -286,40 +203,69 @@ def dp_query(cfg):
   so we take their query and pass our own record aggregation.
   """
   preset_cls = tff.aggregators.DifferentiallyPrivateFactory
-  k = float(cfg.clients_per_round)
-  sigma = float(cfg.dp.noise_multiplier)
-  if cfg.dp.adaptive:
+  k = float(clients_per_round)
+  sigma = float(dp.noise_multiplier)
+  if dp.adaptive:
     preset = preset_cls.gaussian_adaptive(
         noise_multiplier=sigma, clients_per_round=k,
-        initial_l2_norm_clip=float(cfg.dp.clip),
-        target_unclipped_quantile=float(cfg.dp.target_quantile),
-        learning_rate=float(cfg.dp.clip_learning_rate))
+        initial_l2_norm_clip=float(dp.clip),
+        target_unclipped_quantile=float(dp.target_quantile),
+        learning_rate=float(dp.clip_learning_rate))
   else:
     preset = preset_cls.gaussian_fixed(
-        noise_multiplier=sigma, clients_per_round=k, clip=float(cfg.dp.clip))
+        noise_multiplier=sigma, clients_per_round=k, clip=float(dp.clip))
   return preset._query  # pylint: disable=protected-access
 
 
-def build_record_aggregation(cfg) -> tff.aggregators.UnweightedAggregationFactory:
+# Where TFF's DP factory reports the standard figures.
+_DP_PATHS = {
+    'bytes_up': ('dp', 'bytes_up'),
+    'bound_scale': ('dp', 'bound_scale'),
+    'clip': ('dp_query_metrics', 'clip'),
+}
+
+
+def dp_sum(dp: settings.DpSettings, clients_per_round: int,
+           record_aggregation: Optional[
+               tff.aggregators.UnweightedAggregationFactory] = None,
+           ) -> tff.aggregators.UnweightedAggregationFactory:
+  """TFF's DP factory (clip, sum through `record_aggregation`, noise, / K)
+  with standard measurements."""
+  return with_measurements(
+      tff.aggregators.DifferentiallyPrivateFactory(
+          dp_query(dp, clients_per_round),
+          record_aggregation_factory=record_aggregation),
+      _DP_PATHS)
+
+
+def build_record_aggregation(
+    dp: settings.DpSettings, secagg: settings.SecAggSettings,
+    uplink: codec_settings.CodecSettings, seed: int,
+) -> tff.aggregators.UnweightedAggregationFactory:
   """Secure quantized sum, or the uplink codec under the norm bound."""
-  if cfg.secagg.enabled:
-    return secure.SecureQuantizedSumFactory.from_config(
-        cfg, l2_bound=None if cfg.dp.adaptive else float(cfg.dp.clip),
-        adaptive=cfg.dp.adaptive)
-  return BoundedRecordSumFactory(
-      encoded.CodecConfig.from_config('uplink', cfg.uplink), seed=cfg.seed,
-      clip=None if cfg.dp.adaptive else float(cfg.dp.clip),
-      adaptive=cfg.dp.adaptive)
+  clip = None if dp.adaptive else float(dp.clip)
+  if secagg.enabled:
+    return secure.SecureQuantizedSumFactory.from_settings(
+        secagg, seed, l2_bound=clip, adaptive=dp.adaptive)
+  return BoundedRecordSumFactory(uplink, seed=seed, clip=clip,
+                                 adaptive=dp.adaptive)
 
 
-def build_user_dp_aggregator(cfg) -> tff.aggregators.WeightedAggregationFactory:
+def build_user_dp_aggregator(
+    dp: settings.DpSettings, secagg: settings.SecAggSettings,
+    uplink: codec_settings.CodecSettings, *, seed: int,
+    clients_per_round: int) -> tff.aggregators.WeightedAggregationFactory:
   """The `dp.mode=user` aggregator (see the module docstring)."""
-  dp_factory = tff.aggregators.DifferentiallyPrivateFactory(
-      dp_query(cfg), record_aggregation_factory=build_record_aggregation(cfg))
-  return UniformWeightAdapter(ZeroingFactory(cfg.dp.zeroing_norm, dp_factory))
+  dp_factory = dp_sum(dp, clients_per_round,
+                      build_record_aggregation(dp, secagg, uplink, seed))
+  return aggregators.zeroing(
+      dp.zeroing_norm, tff.aggregators.as_weighted_aggregator(dp_factory),
+      zero_weight=False)
 
 
-def build_secure_mean(cfg) -> tff.aggregators.WeightedAggregationFactory:
+def build_secure_mean(dp: settings.DpSettings,
+                      secagg: settings.SecAggSettings, *, seed: int
+                      ) -> tff.aggregators.WeightedAggregationFactory:
   """Secure aggregation without DP: uniform mean of integer-coded updates.
 
   Zeroing first (a NaN would otherwise become an arbitrary clipped code),
@@ -327,7 +273,11 @@ def build_secure_mean(cfg) -> tff.aggregators.WeightedAggregationFactory:
   quantized sum and whose client count is a secure sum of ones.
   """
   mean = tff.aggregators.UnweightedMeanFactory(
-      value_sum_factory=secure.SecureQuantizedSumFactory.from_config(cfg),
+      value_sum_factory=secure.SecureQuantizedSumFactory.from_settings(
+          secagg, seed),
       count_sum_factory=tff.aggregators.SecureSumFactory(
           upper_bound_threshold=1, lower_bound_threshold=0))
-  return UniformWeightAdapter(ZeroingFactory(cfg.dp.zeroing_norm, mean))
+  mean = with_measurements(mean, {'bytes_up': ('mean_value', 'bytes_up')})
+  return aggregators.zeroing(
+      dp.zeroing_norm, tff.aggregators.as_weighted_aggregator(mean),
+      zero_weight=False)

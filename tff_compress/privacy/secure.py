@@ -18,7 +18,7 @@ to fit its modulus: SecureSumFactory derives the bit width from [−M, M] and
 TFF adds ⌈log2 K⌉ bits for K clients.
 
 Execution. TFF's C++ worker has no secure-sum intrinsic ("Cannot embed a
-federated value"); `runtime.local_context` compiles it, as TFF's test
+federated value"); `runtime.local.local_context` compiles it, as TFF's test
 execution context does, into a plain sum that asserts every client's value
 is within the declared bounds. Nothing is encrypted in simulation: the
 option shows what the protocol would receive and costs, and that training
@@ -41,7 +41,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_compress.privacy import bounded
+from tff_compress.encoders import bounded
+from tff_compress.privacy import settings
 
 
 def _max_code(bits: int) -> int:
@@ -117,10 +118,10 @@ class SecureQuantizedSumFactory(tff.aggregators.UnweightedAggregationFactory):
     self._adaptive = adaptive
 
   @classmethod
-  def from_config(cls, cfg, l2_bound: Optional[float] = None,
-                  adaptive: bool = False) -> 'SecureQuantizedSumFactory':
-    return cls(cfg.secagg.range, cfg.secagg.bits, cfg.seed, l2_bound,
-               adaptive)
+  def from_settings(cls, secagg: settings.SecAggSettings, seed: int,
+                    l2_bound: Optional[float] = None,
+                    adaptive: bool = False) -> 'SecureQuantizedSumFactory':
+    return cls(secagg.range, secagg.bits, seed, l2_bound, adaptive)
 
   def create(self, value_type) -> tff.templates.AggregationProcess:
     adaptive, rng, bits = self._adaptive, self._range, self._bits

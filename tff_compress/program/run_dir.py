@@ -17,9 +17,6 @@ import json
 import os
 from typing import Mapping, Optional, Sequence
 
-import ml_collections
-
-from tff_compress import config_lib
 
 METRICS_COLUMNS = (
     'round', 'train_loss', 'train_accuracy', 'eval_loss', 'eval_accuracy',
@@ -37,12 +34,11 @@ class RunDirError(ValueError):
   """The run directory cannot be used for this config."""
 
 
-def default_run_dir(config: ml_collections.ConfigDict,
+def default_run_dir(name: str, config_hash: str,
                     base: Optional[str] = None) -> str:
   """`<base>/runs/<config name>-<config hash>`; base = the user's cwd."""
   base = base or os.environ.get('BUILD_WORKING_DIRECTORY') or os.getcwd()
-  return os.path.join(
-      base, 'runs', f'{config.name}-{config_lib.config_hash(config)}')
+  return os.path.join(base, 'runs', f'{name}-{config_hash}')
 
 
 def resolve_user_path(path: str) -> str:
@@ -70,30 +66,78 @@ def find_input_file(path: str) -> str:
   return path
 
 
-def prepare(run_dir: str, config: ml_collections.ConfigDict) -> bool:
-  """Creates `run_dir` or checks it holds this config; True if resuming."""
-  config_path = os.path.join(run_dir, 'config.json')
-  wanted = json.loads(config_lib.to_json(config))
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      try:
-        existing = json.load(f)
-      except json.JSONDecodeError as e:
-        raise RunDirError(f'{config_path} is not valid JSON ({e})') from e
-    if existing != wanted:
-      a = config_lib.flatten(ml_collections.ConfigDict(existing))
-      b = config_lib.flatten(ml_collections.ConfigDict(wanted))
+class RunDir:
+  """A run directory: checked when the run is set up, claimed when it starts.
+
+  `RunDir(path, identity, title)` refuses a path that is not a directory
+  and a directory holding another config's run, before anything is loaded
+  or written. `claim()` creates the directory and writes `config.json`
+  once the run has really started, so a start that fails leaves nothing
+  that refuses the corrected command.
+
+  Args:
+    root: The directory.
+    identity: The resolved config's identity (`config_lib.identity`, as a
+      JSON-compatible dict): what `config.json` holds.
+    title: Title of the run's plots.
+  """
+
+  def __init__(self, root: str, identity: Mapping, title: str = ''):
+    self.root = root
+    self.title = title
+    self._wanted = json.loads(json.dumps(identity, sort_keys=True,
+                                         default=str))
+    if os.path.exists(root) and not os.path.isdir(root):
+      raise RunDirError(f'run directory {root} exists and is not a directory;'
+                        ' choose another --run_dir or omit it')
+    self._existing = self._read_config()
+    if self._existing is not None and self._existing != self._wanted:
+      a, b = _flat(self._existing), _flat(self._wanted)
       diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
       raise RunDirError(
-          f'{run_dir} holds a run of a different config (differs in: '
+          f'{root} holds a run of a different config (differs in: '
           f'{", ".join(diff)}); choose another --run_dir or omit it')
-    return True
-  os.makedirs(run_dir, exist_ok=True)
-  tmp = config_path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config_lib.to_json(config))
-  os.replace(tmp, config_path)
-  return False
+
+  def path(self, name: str) -> str:
+    return os.path.join(self.root, name)
+
+  def _read_config(self) -> Optional[dict]:
+    config_path = self.path('config.json')
+    if not os.path.exists(config_path):
+      return None
+    try:
+      with open(config_path) as f:
+        return json.load(f)
+    except json.JSONDecodeError as e:
+      raise RunDirError(f'{config_path} is not valid JSON ({e})') from e
+    except OSError as e:
+      raise RunDirError(f'cannot read {config_path}: {e.strerror}') from e
+
+  def claim(self) -> bool:
+    """Creates the directory and its `config.json`; True if resuming."""
+    if self._read_config() is not None:
+      return True
+    try:
+      os.makedirs(self.root, exist_ok=True)
+      config_path = self.path('config.json')
+      tmp = config_path + '.tmp'
+      with open(tmp, 'w') as f:
+        json.dump(self._wanted, f, sort_keys=True, indent=2)
+      os.replace(tmp, config_path)
+    except OSError as e:
+      raise RunDirError(f'cannot write run directory {self.root}: '
+                        f'{e.strerror}') from e
+    return False
+
+
+def _flat(tree: Mapping, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
 
 
 class MetricsCsv:

@@ -42,7 +42,7 @@ class EmbeddedMnistTest(parameterized.TestCase):
     x_train, _, x_test, _ = embedded_mnist.load_embedded_mnist(0.2, seed=0)
     rows = np.concatenate([x_train, x_test]).reshape(5000, -1)
     # All 5000 images come back once: same multiset of image checksums.
-    all_images, _ = embedded_mnist._raw()  # pylint: disable=protected-access
+    all_images, _ = embedded_mnist.raw_digits()
     def sums(a):
       return np.sort(a.reshape(len(a), -1) @ np.arange(784, dtype=np.float64))
     np.testing.assert_allclose(sums(rows), sums(all_images), rtol=1e-6)

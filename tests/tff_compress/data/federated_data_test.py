@@ -242,7 +242,7 @@ class MakeClientDatasetTest(parameterized.TestCase):
                             (5, 8, 2), (13, 4, 3))
   def test_same_batches_as_the_in_graph_builder(self, n, batch_size, epochs):
     # Remote workers build client data with batches_in_order
-    # (data/on_worker.py); a run must see the same batches either way.
+    # (runtime/feed.py); a run must see the same batches either way.
     x, y = _arrays(n)
     for seed in (0, 7, 2**31 - 2):
       ours = _collect(federated_data.make_client_dataset(

@@ -5,14 +5,13 @@ import tensorflow  # pylint: disable=unused-import
 from absl.testing import absltest
 from absl.testing import parameterized
 
+from tests.tff_compress import run_utils
 from tff_compress import config_lib
 
 
 def _cfg(**dropout):
-  cfg = config_lib.default_config()
-  for key, value in dropout.items():
-    cfg.dropout[key] = value
-  return cfg
+  return run_utils.default_config(
+      validate=False, **{f'dropout.{k}': v for k, v in dropout.items()})
 
 
 class DropoutConfigTest(parameterized.TestCase):

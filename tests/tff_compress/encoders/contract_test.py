@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_compress import runtime
+from tff_compress.runtime import local as local_runtime
 from tff_compress.encoders import chain as chain_lib
 from tff_compress.encoders import factory
 from tff_compress.encoders import stages
@@ -151,7 +151,7 @@ class ContractTest(parameterized.TestCase):
 
   def test_every_chain_runs_in_tff(self):
     x = _x()
-    with runtime.local_context():
+    with local_runtime.local_context():
       for name, chain in sorted(_ALL.items()):
         round_trip = _tff_round_trip(chain)
         eager = chain.decode(chain.encode(x, _seed(3)), [_N], _seed(3))

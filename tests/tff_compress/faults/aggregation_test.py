@@ -6,14 +6,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tests.tff_compress import run_utils
 from tests.tff_compress.learning import learning_testing
-from tff_compress import config_lib
-from tff_compress import runtime
 from tff_compress.faults import client_work
 from tff_compress.faults import schedule
-from tff_compress.faults import zeroing
-from tff_compress.learning import aggregators
-from tff_compress.learning import process
+from tff_compress.fedavg import process
+from tff_compress.runtime import local as local_runtime
 
 
 def _flat(weights):
@@ -52,35 +50,13 @@ class PoisonTest(absltest.TestCase):
     self.assertAlmostEqual(float(np.linalg.norm(flat)), 30.0, places=3)
 
 
-class WeightedZeroingTest(absltest.TestCase):
-
-  def test_bad_clients_leave_the_mean(self):
-    value_type = tff.TensorType(np.float32, (3,))
-    agg = zeroing.WeightedZeroingFactory(
-        10.0, aggregators.build_mean()).create(
-            value_type, tff.TensorType(np.float32))
-    values = [np.array([1., 2., 3.], np.float32),
-              np.array([np.nan, 0., 0.], np.float32),
-              np.array([20., 0., 0.], np.float32),   # norm 20 > 10
-              np.array([-1., 0., 1.], np.float32),
-              np.array([5., 5., 5.], np.float32)]    # weight 0 on arrival
-    weights = [2.0, 7.0, 5.0, 1.0, 0.0]
-    with runtime.local_context():
-      out = agg.next(agg.initialize(), values, weights)
-    expected = (2 * values[0] + 1 * values[3]) / 3
-    np.testing.assert_allclose(out.result, expected, rtol=1e-6)
-    self.assertEqual(out.measurements['zeroed'], 3)
-    # bytes_up of every client that sent: 3 floats + its weight.
-    self.assertEqual(out.measurements['bytes_up'], 5 * 16)
-
-
-def _cfg(**faults):
-  cfg = config_lib.default_config()
-  cfg.model.name = 'dense'
-  cfg.client.learning_rate = 0.1
-  for key, value in faults.items():
-    cfg.faults[key] = value
-  return cfg
+def _training(uplink=None, **faults):
+  cfg = run_utils.default_config(
+      **{'model.name': 'dense', 'client.learning_rate': 0.1},
+      **{f'faults.{k}': v for k, v in faults.items()},
+      **{f'uplink.{k}': v for k, v in (uplink or {}).items()})
+  return process.build_training(run_utils.training(cfg),
+                                learning_testing.small_task())
 
 
 class FaultyProcessTest(parameterized.TestCase):
@@ -91,15 +67,11 @@ class FaultyProcessTest(parameterized.TestCase):
   )
   def test_poisoned_clients_are_zeroed_and_excluded(self, uplink):
     """NaN/huge clients change nothing: same model as without them."""
-    cfg = _cfg(nan_prob=0.1, huge_prob=0.1, huge_norm=1e4)
-    for key, value in uplink.items():
-      cfg.uplink[key] = value
-    cfg = config_lib.validate(cfg)
-    training = process.build_training(cfg, learning_testing.small_task())
+    training = _training(uplink, nan_prob=0.1, huge_prob=0.1, huge_norm=1e4)
     self.assertTrue(training.injects_faults)
     data = learning_testing.random_datasets([12, 30, 7, 9])
     lp = training.process
-    with runtime.local_context():
+    with local_runtime.local_context():
       state = lp.initialize()
       faulty = lp.next(state, training.client_inputs(
           data, [schedule.OK, schedule.NAN, schedule.HUGE, schedule.OK]))
@@ -116,8 +88,7 @@ class FaultyProcessTest(parameterized.TestCase):
                      2 * honest.metrics['aggregator']['bytes_up'])
 
   def test_codes_need_an_injecting_process(self):
-    cfg = config_lib.validate(_cfg(drop_prob=0.2))
-    training = process.build_training(cfg, learning_testing.small_task())
+    training = _training(drop_prob=0.2)
     self.assertFalse(training.injects_faults)
     data = learning_testing.random_datasets([5])
     self.assertLen(training.client_inputs(data, [schedule.OK]), 1)
@@ -133,7 +104,6 @@ class FaultyProcessTest(parameterized.TestCase):
     self.assertIs(inputs[0]['data'], data[0])
     with self.assertRaisesRegex(ValueError, '2 datasets but 1'):
       client_work.client_data(data, [schedule.OK])
-
 
 
 if __name__ == '__main__':

@@ -16,13 +16,11 @@ import tensorflow  # pylint: disable=unused-import
 from absl.testing import absltest
 import numpy as np
 
-from tests.tff_compress import process_utils
-from tff_compress import config_lib
+from tests.tff_compress import run_utils
 from tff_compress import simulate_lib
 from tff_compress.data import registry as data_registry
 from tff_compress.program import run_dir as run_dir_lib
-
-_SMOKE = os.path.join(process_utils.WORKSPACE, 'configs', 'smoke.py')
+from tff_compress.program import sampling
 _ROUNDS = 6
 _STOP_AFTER = 5
 
@@ -32,18 +30,13 @@ class _Stop(Exception):
 
 
 def _config():
-  cfg = config_lib.load_config_file(_SMOKE)  # dense model, 4 of 20 clients
-  cfg.seed = 1  # this seed's rounds include a skip and a round with no report
-  cfg.rounds = _ROUNDS
-  cfg.eval_every = 1
-  f = cfg.faults
-  f.drop_prob = 0.2
-  f.nan_prob = 0.1
-  f.over_select = 0.5
-  f.deadline = 14.0
-  f.seconds_per_example = 0.01
-  f.min_reports = 3
-  return config_lib.validate(cfg)
+  # Dense model, 4 of 20 clients; seed 1's rounds include a skip and a round
+  # with no report.
+  return run_utils.smoke_config(**{
+      'seed': 1, 'rounds': _ROUNDS, 'eval_every': 1, 'faults.drop_prob': 0.2,
+      'faults.nan_prob': 0.1, 'faults.over_select': 0.5,
+      'faults.deadline': 14.0, 'faults.seconds_per_example': 0.01,
+      'faults.min_reports': 3})
 
 
 def _expected(cfg, client_sizes):
@@ -52,7 +45,7 @@ def _expected(cfg, client_sizes):
   n = math.ceil(k * (1 + f.over_select))
   out = []
   for r in range(1, cfg.rounds + 1):
-    picked = simulate_lib.sample_clients(len(client_sizes), n, cfg.seed, r)
+    picked = sampling.sample_clients(len(client_sizes), n, cfg.seed, r)
     dropped, nan, arrivals = 0, {}, []
     for c in picked:
       rng = np.random.default_rng([cfg.seed, r, 2, int(c)])

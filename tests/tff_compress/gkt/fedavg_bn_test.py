@@ -4,12 +4,13 @@ import collections
 
 from absl.testing import absltest
 import numpy as np
+import tensorflow_federated as tff
 
-from tff_compress import config_lib
-from tff_compress import runtime
+from tff_compress.fedavg import settings as fedavg_settings
 from tff_compress.gkt import fedavg_bn
 from tff_compress.learning import task as task_lib
 from tff_compress.models import resnet
+from tff_compress.runtime import local as local_runtime
 
 _SHAPE = (8, 8, 1)
 _SIZES = (5, 9)
@@ -18,19 +19,18 @@ _SIZES = (5, 9)
 class FedAvgBnTest(absltest.TestCase):
 
   def test_round_is_weighted_average_of_all_variables(self):
-    cfg = config_lib.default_config()
-    cfg.client.learning_rate = 0.05
-    cfg.client.batch_size = 4
+    client = fedavg_settings.ClientSettings(learning_rate=0.05, batch_size=4)
     task = task_lib.Task(
         keras_model_fn=lambda: resnet.build_edge_classifier(_SHAPE, 3, 1),
         input_spec=None, num_params=0, train_flops_per_example=0)
-    p = fedavg_bn.build_fedavg_bn(cfg, task, _SHAPE)
+    p = fedavg_bn.build_fedavg_bn(
+        client, tff.learning.optimizers.build_sgdm(1.0), task, _SHAPE)
     rng = np.random.default_rng(0)
     inputs = [collections.OrderedDict(
         x=rng.random((n, *_SHAPE), dtype=np.float32),
         y=rng.integers(0, 3, n).astype(np.int32),
         seed=np.array([1, i], np.int64)) for i, n in enumerate(_SIZES)]
-    with runtime.local_context():
+    with local_runtime.local_context():
       state = p.initialize()
       new_state, m = p.next(state, inputs)
       outs = [p.client_update(state['weights'], inp) for inp in inputs]

@@ -6,7 +6,7 @@ from absl.testing import absltest
 import numpy as np
 import tensorflow as tf
 
-from tff_compress import runtime
+from tff_compress.runtime import local as local_runtime
 from tff_compress.gkt import codec
 from tff_compress.gkt import process
 from tff_compress.gkt import training
@@ -18,7 +18,7 @@ _PICKED = (0, 2, 3)
 
 
 def _settings(bits):
-  return process.GktSettings(
+  return process.GktSpec(
       input_shape=_SHAPE, num_classes=_K, depth=11, edge_blocks=1,
       client=training.TrainSpec(epochs=2, batch_size=4, kd_weight=1.0,
                                 temperature=3.0, weight_decay=1e-4),
@@ -81,7 +81,7 @@ class RoundTest(absltest.TestCase):
   def test_one_round_bytes_alignment_and_state(self):
     p, s = self.process, self.settings
     data = _data()
-    with runtime.local_context():
+    with local_runtime.local_context():
       server = p.initialize_server()
       edge = p.initialize_client()
       states = [process.initial_client_state(edge, n, _K) for n in _SIZES]

@@ -10,7 +10,7 @@ from dp_accounting import rdp
 import numpy as np
 from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib
 
-from tff_compress import config_lib
+from tests.tff_compress import run_utils
 from tff_compress.privacy import accounting
 
 
@@ -116,25 +116,25 @@ class SampleLevelTest(parameterized.TestCase):
 
 class RunAccountantTest(absltest.TestCase):
 
-  def _cfg(self, **dp):
-    cfg = config_lib.default_config()
-    cfg.clients_per_round = 5
-    for k, v in dp.items():
-      cfg.dp[k] = v
-    return config_lib.validate(cfg)
+  def _accountant(self, sizes, **dp):
+    s = run_utils.settings(run_utils.default_config(
+        clients_per_round=5, **{f'dp.{k}': v for k, v in dp.items()}))
+    return accounting.RunAccountant(
+        s.dp, clients_per_round=s.run.clients_per_round,
+        batch_size=s.client.batch_size, epochs=s.client.epochs,
+        client_sizes=tuple(sizes))
 
   def test_modes(self):
     sizes = [10] * 50
-    none = accounting.RunAccountant.from_config(self._cfg(), sizes)
+    none = self._accountant(sizes)
     self.assertIsNone(none.epsilon(3))
-    user = accounting.RunAccountant.from_config(self._cfg(mode='user'), sizes)
+    user = self._accountant(sizes, mode='user')
     self.assertAlmostEqual(user.epsilon(4),
                            accounting.user_level_epsilon(50, 5, 1.0, 4, 1e-5))
     st = user.statement(4)
     self.assertEqual(st['neighbouring'], 'replace-one client')
     self.assertLess(st['epsilon_poisson_approximation'], st['epsilon'])
-    sample = accounting.RunAccountant.from_config(
-        self._cfg(mode='sample', microbatches=5), sizes)
+    sample = self._accountant(sizes, mode='sample', microbatches=5)
     self.assertEqual(sample.microbatch_size, 4)
     counts = np.zeros(50, int)
     counts[:5] = 2

@@ -5,30 +5,27 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tests.tff_compress import run_utils
+from tests.tff_compress import runtime_testing
 from tests.tff_compress.learning import learning_testing
 from tff_compress import config_lib
-from tff_compress import runtime
 from tff_compress.data import federated_data
-from tff_compress.learning import process
+from tff_compress.fedavg import process
 from tff_compress.privacy import dpsgd
 
 
 def _cfg(**dp):
-  cfg = config_lib.default_config()
-  cfg.model.name = 'dense'
-  cfg.client.learning_rate = 0.1
-  cfg.client.batch_size = 8
-  cfg.dp.mode = 'sample'
-  for k, v in dp.items():
-    cfg.dp[k] = v
-  return config_lib.validate(cfg)
+  return run_utils.default_config(**{
+      'model.name': 'dense', 'client.learning_rate': 0.1,
+      'client.batch_size': 8, 'dp.mode': 'sample',
+      **{f'dp.{k}': v for k, v in dp.items()}})
 
 
 def _flat(x):
   return np.concatenate([np.ravel(np.asarray(t)) for t in tf.nest.flatten(x)])
 
 
-class DpSgdTest(absltest.TestCase):
+class DpSgdTest(runtime_testing.LocalRuntimeTestCase):
 
   @classmethod
   def setUpClass(cls):
@@ -36,17 +33,13 @@ class DpSgdTest(absltest.TestCase):
     cls.task = learning_testing.small_task(hidden=16)
     init = process.build_initial_weights_fn(cls.task)
     cls.mw_type = init.type_signature.result
-    cls._ctx = runtime.local_context()
-    cls._ctx.__enter__()
     cls.w0 = init()
 
-  @classmethod
-  def tearDownClass(cls):
-    cls._ctx.__exit__(None, None, None)
-    super().tearDownClass()
-
   def _run(self, cfg, datasets):
-    work = dpsgd.build_dpsgd_client_work(cfg, self.task, self.mw_type)
+    s = run_utils.settings(cfg)
+    work = dpsgd.build_dpsgd_client_work(
+        self.task, self.mw_type, s.dp, learning_rate=s.client.learning_rate,
+        momentum=s.client.momentum, batch_size=s.client.batch_size)
     return work.next(work.initialize(), [self.w0] * len(datasets), datasets)
 
   def test_no_noise_huge_clip_equals_tff_local_sgd(self):
@@ -127,18 +120,13 @@ class ConfigTest(absltest.TestCase):
     self.assertEqual(dpsgd.microbatch_size(8, 0), 1)
 
   def test_privacy_combinations(self):
-    cfg = config_lib.default_config()
-    cfg.dp.mode = 'user'
-    cfg.dp.adaptive = True
-    cfg.dp.noise_multiplier = 1.0  # needs clients_per_round > 10
     with self.assertRaisesRegex(config_lib.ConfigError,
                                 "'dp.noise_multiplier'.*clients_per_round"):
-      config_lib.validate(cfg)
-    cfg = config_lib.default_config()
-    cfg.secagg.enabled = True
-    cfg.uplink.bits = 2
+      # noise_multiplier 1 needs clients_per_round > 10
+      run_utils.default_config(**{'dp.mode': 'user', 'dp.adaptive': True,
+                                  'dp.noise_multiplier': 1.0})
     with self.assertRaisesRegex(config_lib.ConfigError, "'secagg.enabled'"):
-      config_lib.validate(cfg)
+      run_utils.default_config(**{'secagg.enabled': True, 'uplink.bits': 2})
 
 
 if __name__ == '__main__':

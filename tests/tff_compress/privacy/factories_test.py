@@ -6,13 +6,14 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tests.tff_compress import run_utils
+from tests.tff_compress import runtime_testing
 from tests.tff_compress.learning import learning_testing
-from tff_compress import config_lib
-from tff_compress import runtime
 from tff_compress.data import federated_data
-from tff_compress.learning import process
+from tff_compress.fedavg import process
 from tff_compress.privacy import factories
 from tff_compress.privacy import secure
+from tff_compress.runtime import local as local_runtime
 
 _VEC = tff.TensorType(np.float32, [20000])
 _STRUCT = tff.StructWithPythonType(
@@ -21,31 +22,24 @@ _STRUCT = tff.StructWithPythonType(
 
 
 def _cfg(**kw):
-  cfg = config_lib.default_config()
-  cfg.model.name = 'dense'
-  cfg.client.learning_rate = 0.1
-  for key, value in kw.items():
-    section, leaf = key.split('__')
-    cfg[section][leaf] = value
-  return config_lib.validate(cfg)
+  return run_utils.default_config(
+      **{'model.name': 'dense', 'client.learning_rate': 0.1},
+      **{key.replace('__', '.'): value for key, value in kw.items()})
+
+
+def _dp_aggregator(cfg):
+  s = run_utils.settings(cfg)
+  return factories.build_user_dp_aggregator(
+      s.dp, s.secagg, s.uplink, seed=s.run.seed,
+      clients_per_round=s.run.clients_per_round)
 
 
 def _flat(x):
   return np.concatenate([np.ravel(np.asarray(t)) for t in tf.nest.flatten(x)])
 
 
-class DpAggregatorTest(absltest.TestCase):
+class DpAggregatorTest(runtime_testing.LocalRuntimeTestCase):
 
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls._ctx = runtime.local_context()
-    cls._ctx.__enter__()
-
-  @classmethod
-  def tearDownClass(cls):
-    cls._ctx.__exit__(None, None, None)
-    super().tearDownClass()
 
   def test_noise_calibration(self):
     """Server noise on the mean has std σC/K (statistical, within 2 %)."""
@@ -54,7 +48,7 @@ class DpAggregatorTest(absltest.TestCase):
       cfg = _cfg(dp__mode='user', dp__noise_multiplier=sigma, dp__clip=clip,
                  **codec)
       cfg.clients_per_round = k
-      agg = factories.build_user_dp_aggregator(cfg).create(
+      agg = _dp_aggregator(cfg).create(
           _VEC, tff.TensorType(np.float32))
       zeros = [np.zeros(20000, np.float32)] * k
       ones = [np.ones([], np.float32)] * k
@@ -68,7 +62,7 @@ class DpAggregatorTest(absltest.TestCase):
   def test_clip_and_unweighted_mean_without_noise(self):
     cfg = _cfg(dp__mode='user', dp__noise_multiplier=0.0, dp__clip=1.0)
     cfg.clients_per_round = 3
-    agg = factories.build_user_dp_aggregator(cfg).create(
+    agg = _dp_aggregator(cfg).create(
         _STRUCT, tff.TensorType(np.float32))
     rng = np.random.default_rng(0)
     values = [[rng.normal(size=5000).astype(np.float32) * s,
@@ -91,7 +85,7 @@ class DpAggregatorTest(absltest.TestCase):
                  uplink__transform=transform, uplink__bits=bits,
                  uplink__subsample=0.5)
       cfg.clients_per_round = 1
-      agg = factories.build_user_dp_aggregator(cfg).create(
+      agg = _dp_aggregator(cfg).create(
           _STRUCT, tff.TensorType(np.float32))
       rng = np.random.default_rng(1)
       for scale in (1e-4, 0.5):
@@ -111,7 +105,7 @@ class DpAggregatorTest(absltest.TestCase):
                dp__zeroing_norm=50.0, uplink__transform='hadamard',
                uplink__bits=4)
     cfg.clients_per_round = 4
-    agg = factories.build_user_dp_aggregator(cfg).create(
+    agg = _dp_aggregator(cfg).create(
         _VEC, tff.TensorType(np.float32))
     good = np.full(20000, 1e-3, np.float32)
     nan = good.copy()
@@ -130,7 +124,7 @@ class DpAggregatorTest(absltest.TestCase):
     cfg = _cfg(dp__mode='user', dp__adaptive=True, dp__noise_multiplier=0.0,
                dp__clip=0.05, uplink__transform='hadamard', uplink__bits=8)
     cfg.clients_per_round = 5
-    agg = factories.build_user_dp_aggregator(cfg).create(
+    agg = _dp_aggregator(cfg).create(
         _VEC, tff.TensorType(np.float32))
     values = [np.full(20000, 0.01, np.float32)] * 5  # norm 1.41 > clip
     state = agg.initialize()
@@ -157,8 +151,8 @@ class ProcessTest(absltest.TestCase):
     for codec in ({}, dict(uplink__transform='hadamard', uplink__bits=1)):
       cfg = _cfg(dp__mode='user', dp__noise_multiplier=0.1, **codec)
       cfg.clients_per_round = 3
-      lp = process.build_learning_process(cfg, task)
-      with runtime.local_context():
+      lp = process.build_learning_process(run_utils.training(cfg), task)
+      with local_runtime.local_context():
         state = lp.initialize()
         w0 = _flat(lp.get_model_weights(state).trainable)
         for _ in range(2):
@@ -194,13 +188,14 @@ class SecureSumTest(absltest.TestCase):
 
   def test_secure_mean_in_process(self):
     task = learning_testing.small_task(hidden=16)
-    plain = process.build_learning_process(
-        _cfg(dp__mode='user', dp__noise_multiplier=0.0, dp__clip=100.0), task)
-    sec = process.build_learning_process(
+    plain = process.build_learning_process(run_utils.training(
+        _cfg(dp__mode='user', dp__noise_multiplier=0.0, dp__clip=100.0)),
+                                           task)
+    sec = process.build_learning_process(run_utils.training(
         _cfg(dp__mode='user', dp__noise_multiplier=0.0, dp__clip=100.0,
-             secagg__enabled=True, secagg__bits=16, secagg__range=0.5), task)
+             secagg__enabled=True, secagg__bits=16, secagg__range=0.5)), task)
     data = learning_testing.random_datasets([8, 16, 8])
-    with runtime.local_context():
+    with local_runtime.local_context():
       init = plain.initialize()
       w0 = _flat(plain.get_model_weights(init).trainable)
       a = plain.next(init, data)

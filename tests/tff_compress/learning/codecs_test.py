@@ -8,11 +8,15 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tests.tff_compress import run_utils
 from tests.tff_compress.learning import learning_testing
-from tff_compress import config_lib
-from tff_compress import runtime
-from tff_compress.learning import encoded
-from tff_compress.learning import process
+from tff_compress.encoders import settings as codec_settings
+from tff_compress.encoders import structure
+from tff_compress.fedavg import process
+from tff_compress.learning import aggregators
+from tff_compress.learning import distributors
+from tff_compress.runtime import local as local_runtime
+
 
 def _task():
   return learning_testing.small_task(hidden=32)
@@ -22,13 +26,9 @@ _datasets = learning_testing.random_datasets
 
 
 def _cfg(lr=0.1, **codec):
-  cfg = config_lib.default_config()
-  cfg.model.name = 'dense'
-  cfg.client.learning_rate = lr
-  for key, value in codec.items():
-    section, leaf = key.split('__')
-    cfg[section][leaf] = value
-  return config_lib.validate(cfg)
+  return run_utils.default_config(
+      **{'model.name': 'dense', 'client.learning_rate': lr},
+      **{key.replace('__', '.'): value for key, value in codec.items()})
 
 
 def _flat(weights):
@@ -37,7 +37,7 @@ def _flat(weights):
 
 def _expected_payload_bytes(value_type, codec):
   """Bytes of the encoded message computed eagerly, tensor by tensor."""
-  coder = encoded.StructureCodec(value_type, codec)
+  coder = structure.StructureCodec(value_type, codec)
   zeros = tff.types.structure_from_tensor_type_tree(
       lambda t: tf.random.stateless_normal(t.shape, [1, 2]), value_type)
   message = coder.encode(zeros, tf.constant([3, 4], tf.int64))
@@ -56,11 +56,11 @@ class EncodedBroadcastTest(parameterized.TestCase):
     task = _task()
     cfg = _cfg(broadcast__transform=transform, broadcast__bits=bits,
                broadcast__subsample=sub)
-    lp = process.build_learning_process(cfg, task)
+    lp = process.build_learning_process(run_utils.training(cfg), task)
     mw_type = process.build_initial_weights_fn(task).type_signature.result
-    codec = encoded.CodecConfig.from_config('broadcast', cfg.broadcast)
+    codec = run_utils.settings(cfg).broadcast
     per_client = _expected_payload_bytes(mw_type, codec)
-    with runtime.local_context():
+    with local_runtime.local_context():
       out = lp.next(lp.initialize(), _datasets([8, 8, 8]))
     self.assertEqual(int(out.metrics['distributor']['bytes_down']),
                      3 * per_client)
@@ -72,10 +72,10 @@ class EncodedBroadcastTest(parameterized.TestCase):
   def test_update_is_relative_to_received_weights(self):
     """lr=0: clients send zero updates, so a lossy broadcast moves nothing."""
     task = _task()
-    lp = process.build_learning_process(
-        _cfg(lr=1e-30, broadcast__transform='hadamard', broadcast__bits=1),
+    lp = process.build_learning_process(run_utils.training(
+        _cfg(lr=1e-30, broadcast__transform='hadamard', broadcast__bits=1)),
         task)
-    with runtime.local_context():
+    with local_runtime.local_context():
       state = lp.initialize()
       before = _flat(lp.get_model_weights(state))
       state = lp.next(state, _datasets([8, 8])).state
@@ -85,9 +85,9 @@ class EncodedBroadcastTest(parameterized.TestCase):
 
   def test_same_state_same_broadcast(self):
     task = _task()
-    lp = process.build_learning_process(
-        _cfg(broadcast__transform='kashin', broadcast__bits=2), task)
-    with runtime.local_context():
+    lp = process.build_learning_process(run_utils.training(
+        _cfg(broadcast__transform='kashin', broadcast__bits=2)), task)
+    with local_runtime.local_context():
       state = lp.initialize()
       a = _flat(lp.get_model_weights(lp.next(state, _datasets([8])).state))
       b = _flat(lp.get_model_weights(lp.next(state, _datasets([8])).state))
@@ -101,9 +101,9 @@ class EncodedUplinkTest(parameterized.TestCase):
     """Mean over rounds of the encoded weighted mean -> the exact mean."""
     value_type = tff.types.to_type(
         collections.OrderedDict(w=tff.TensorType(np.float32, [4096])))
-    codec = encoded.CodecConfig('uplink', transform='hadamard', bits=2,
-                                min_size=1)
-    agg = encoded.EncodedMeanFactory(codec, seed=0).create(
+    codec = codec_settings.UplinkCodec(transform='hadamard', bits=2,
+                                       min_size=1)
+    agg = aggregators.encoded(codec, seed=0).create(
         value_type, tff.TensorType(np.float32))
     rng = np.random.default_rng(0)
     values = [collections.OrderedDict(w=rng.normal(size=4096).astype(
@@ -111,7 +111,7 @@ class EncodedUplinkTest(parameterized.TestCase):
     weights = [1.0, 2.0, 5.0]
     exact = sum(w * v['w'] for w, v in zip(weights, values)) / sum(weights)
     rounds = 200
-    with runtime.local_context():
+    with local_runtime.local_context():
       state = agg.initialize()
       outs = []
       for _ in range(rounds):
@@ -129,16 +129,16 @@ class EncodedUplinkTest(parameterized.TestCase):
   def test_bytes_up_and_plugs_into_tff_builder(self):
     task = _task()
     mw_type = process.build_initial_weights_fn(task).type_signature.result
-    codec = encoded.CodecConfig('uplink', transform='hadamard', bits=4)
-    factory = encoded.EncodedMeanFactory(codec, seed=7)
+    codec = codec_settings.UplinkCodec(transform='hadamard', bits=4)
+    factory = aggregators.encoded(codec, seed=7)
     lp = tff.learning.algorithms.build_weighted_fed_avg(
         task.model_fn,
         client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1),
         model_aggregator=factory,
-        model_distributor=encoded.build_encoded_broadcast(
-            mw_type, encoded.CodecConfig('broadcast', 'kashin', 8), seed=7))
+        model_distributor=distributors.build_encoded_broadcast(
+            mw_type, codec_settings.BroadcastCodec('kashin', 8), seed=7))
     per_client = _expected_payload_bytes(mw_type.trainable, codec) + 4
-    with runtime.local_context():
+    with local_runtime.local_context():
       out = lp.next(lp.initialize(), _datasets([8, 16]))
     self.assertEqual(int(out.metrics['aggregator']['bytes_up']),
                      2 * per_client)
@@ -147,12 +147,12 @@ class EncodedUplinkTest(parameterized.TestCase):
 
   def test_16_bits_close_to_float32(self):
     task = _task()
-    plain = process.build_learning_process(_cfg(), task)
-    coded = process.build_learning_process(
+    plain = process.build_learning_process(run_utils.training(_cfg()), task)
+    coded = process.build_learning_process(run_utils.training(
         _cfg(uplink__transform='hadamard', uplink__bits=16,
-             broadcast__transform='hadamard', broadcast__bits=16), task)
+             broadcast__transform='hadamard', broadcast__bits=16)), task)
     data = _datasets([16, 16, 16])
-    with runtime.local_context():
+    with local_runtime.local_context():
       a = _flat(plain.get_model_weights(
           plain.next(plain.initialize(), data).state))
       b = _flat(coded.get_model_weights(

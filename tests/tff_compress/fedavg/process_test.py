@@ -7,12 +7,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tests.tff_compress import run_utils
 from tests.tff_compress.learning import learning_testing
-from tff_compress import config_lib
-from tff_compress import runtime
+from tff_compress.fedavg import process
 from tff_compress.learning import aggregators
 from tff_compress.learning import distributors
-from tff_compress.learning import process
+from tff_compress.runtime import local as local_runtime
+
 
 def _task():
   return learning_testing.small_task(hidden=16)
@@ -21,11 +22,9 @@ def _task():
 _datasets = learning_testing.random_datasets
 
 
-def _cfg():
-  cfg = config_lib.default_config()
-  cfg.model.name = 'dense'
-  cfg.client.learning_rate = 0.1
-  return cfg
+def _training():
+  return run_utils.training(run_utils.default_config(
+      **{'model.name': 'dense', 'client.learning_rate': 0.1}))
 
 
 def _flat(weights):
@@ -37,14 +36,13 @@ class ProcessTest(absltest.TestCase):
   def test_matches_tff_build_weighted_fed_avg(self):
     """Our composed FedAvg and TFF's own builder compute the same model."""
     task = _task()
-    cfg = _cfg()
-    ours = process.build_learning_process(cfg, task)
+    ours = process.build_learning_process(_training(), task)
     theirs = tff.learning.algorithms.build_weighted_fed_avg(
         task.model_fn,
         client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1),
         server_optimizer_fn=tff.learning.optimizers.build_sgdm(1.0))
     data = _datasets([12, 30, 7])
-    with runtime.local_context():
+    with local_runtime.local_context():
       s_ours, s_theirs = ours.initialize(), theirs.initialize()
       for _ in range(2):
         s_ours = ours.next(s_ours, data).state
@@ -55,8 +53,8 @@ class ProcessTest(absltest.TestCase):
 
   def test_bytes_are_counted_per_client(self):
     task = _task()
-    lp = process.build_learning_process(_cfg(), task)
-    with runtime.local_context():
+    lp = process.build_learning_process(_training(), task)
+    with local_runtime.local_context():
       out = lp.next(lp.initialize(), _datasets([5, 9, 3, 4]))
     # float32 model to each of 4 clients; each returns a float32 update of
     # the trainable weights plus its float32 weight.
@@ -75,7 +73,7 @@ class ProcessTest(absltest.TestCase):
         client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1),
         model_distributor=distributors.build_plain_broadcast(mw_type),
         model_aggregator=aggregators.build_mean())
-    with runtime.local_context():
+    with local_runtime.local_context():
       out = lp.next(lp.initialize(), _datasets([6, 6]))
     self.assertEqual(int(out.metrics['distributor']['bytes_down']),
                      2 * 4 * task.num_params)
@@ -84,7 +82,7 @@ class ProcessTest(absltest.TestCase):
   def test_initial_weights_are_seeded(self):
     task = _task()
     fn = process.build_initial_weights_fn(task)
-    with runtime.local_context():
+    with local_runtime.local_context():
       a, b = fn(), fn()
     for x, y in zip(_flat(a), _flat(b)):
       np.testing.assert_array_equal(x, y)

@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from tff_compress.encoders import prng
 from tff_compress.encoders import stages as stages_lib
-from tff_compress.learning import encoded
+from tff_compress.encoders import structure
 
 HOMOGENEOUS_STAGES = (
     stages_lib.HadamardStage,
@@ -87,10 +87,9 @@ def clip_by_global_l2_norm(structure, clip):
                                structure)
 
 
-def check_homogeneous(coder: encoded.StructureCodec) -> None:
+def check_homogeneous(coder: structure.StructureCodec) -> None:
   """Raises TypeError if a chain of `coder` has an unverified stage."""
-  # StructureCodec keeps one chain (or None = raw float32) per tensor.
-  for chain in coder._chains:  # pylint: disable=protected-access
+  for chain in coder.chains:
     if chain is None:
       continue
     for stage in chain.stages:
@@ -110,7 +109,7 @@ def scale_message(message, factor: tf.Tensor):
   return tf.nest.map_structure(scale, message)
 
 
-def bounded_encode_with_info(coder: encoded.StructureCodec, value,
+def bounded_encode_with_info(coder: structure.StructureCodec, value,
                              seed: tf.Tensor, clip,
                              max_rescales: int = 3) -> BoundedMessage:
   """Encodes `value` so that ‖coder.decode(message, seed)‖₂ ≤ clip.
@@ -164,14 +163,14 @@ def bounded_encode_with_info(coder: encoded.StructureCodec, value,
   return BoundedMessage(message, zeroed, scale)
 
 
-def bounded_encode(coder: encoded.StructureCodec, value, seed: tf.Tensor,
+def bounded_encode(coder: structure.StructureCodec, value, seed: tf.Tensor,
                    clip) -> Any:
   """The message of `bounded_encode_with_info` (decoded norm ≤ clip)."""
   return bounded_encode_with_info(coder, value, seed, clip).message
 
 
 def client_seed(value, base_seed: int, round_num: tf.Tensor) -> tf.Tensor:
-  """int64 [2] per-client codec seed, the rule of `EncodedMeanFactory`.
+  """int64 [2] per-client codec seed, the rule of the encoded uplink.
 
   TFF computations carry no client identity; a digest of the client's own
   update (`prng.update_seed`) gives each client independent quantization

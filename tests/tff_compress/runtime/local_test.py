@@ -10,7 +10,8 @@ import numpy as np
 import tensorflow_federated as tff
 
 from tests.tff_compress import process_utils
-from tff_compress import runtime
+from tff_compress.runtime import errors
+from tff_compress.runtime import local as local_runtime
 
 # A child that starts the managed runtime, runs a computation, reports the
 # worker pid and then behaves as told by argv[1].
@@ -18,14 +19,14 @@ _CHILD = r'''
 import sys, time
 import numpy as np
 import tensorflow_federated as tff
-from tff_compress import runtime
+from tff_compress.runtime import local as local_runtime
 
 @tff.tensorflow.computation(np.int32)
 def add_one(x):
   return x + 1
 
 mode = sys.argv[1]
-with runtime.local_context() as worker:
+with local_runtime.local_context() as worker:
   assert add_one(41) == 42
   print(f"WORKER {worker.pid}", flush=True)
   if mode == 'exit':
@@ -47,26 +48,26 @@ def _add_one(x):
 class LocalContextTest(parameterized.TestCase):
 
   def test_runs_computation_and_stops_worker(self):
-    with runtime.local_context() as worker:
+    with local_runtime.local_context() as worker:
       self.assertEqual(_add_one(1), 2)
       self.assertTrue(process_utils.is_alive(worker.pid))
     self.assertTrue(process_utils.wait_dead(worker.pid))
 
   def test_exception_in_block_stops_worker(self):
     with self.assertRaises(ZeroDivisionError):
-      with runtime.local_context() as worker:
+      with local_runtime.local_context() as worker:
         pid = worker.pid
         _ = 1 / 0
     self.assertTrue(process_utils.wait_dead(pid))
 
   def test_invocation_outside_block_is_refused(self):
-    with runtime.local_context():
+    with local_runtime.local_context():
       pass
-    with self.assertRaisesRegex(runtime.RuntimeError_, 'local_context'):
+    with self.assertRaisesRegex(errors.RuntimeError_, 'local_context'):
       _add_one(1)
 
   def test_dead_worker_is_reported(self):
-    with runtime.local_context() as worker:
+    with local_runtime.local_context() as worker:
       self.assertEqual(_add_one(1), 2)
       worker.process.kill()
       worker.process.wait()

@@ -1,4 +1,5 @@
-"""Client-data stores and the datasets TFF workers build from descriptors."""
+"""Client-data stores (`data/store.py`) and the processes fed with datasets the
+TFF workers build from descriptors (`runtime/feed.py`)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_compress import runtime
 from tff_compress.data import federated_data
-from tff_compress.data import on_worker
+from tff_compress.data import store as store_lib
+from tff_compress.runtime import feed
+from tff_compress.runtime import local as local_runtime
 
 _SHAPE = (4, 3, 1)
 
@@ -42,7 +44,7 @@ class StoreTest(absltest.TestCase):
   def test_store_holds_the_exact_bytes_and_is_reused(self):
     data = _data()
     root = self.create_tempdir().full_path
-    store = on_worker.prepare_store(data, root)
+    store = store_lib.prepare_store(data, root)
     self.assertEqual(store.num_clients, 4)
     self.assertEqual(store.num_test, 23)
     self.assertEqual(store.path,
@@ -60,28 +62,28 @@ class StoreTest(absltest.TestCase):
       self.assertEqual(f.read(), store.fingerprint)
     # Same data: same directory, not rewritten; no temporary leftovers.
     mtime = os.stat(os.path.join(store.path, 'train.x')).st_mtime_ns
-    self.assertEqual(on_worker.prepare_store(_data(), root), store)
+    self.assertEqual(store_lib.prepare_store(_data(), root), store)
     self.assertEqual(
         os.stat(os.path.join(store.path, 'train.x')).st_mtime_ns, mtime)
     self.assertEqual(os.listdir(os.path.join(root, 'client_data')),
                      [store.fingerprint])
 
   def test_fingerprint_changes_with_any_byte(self):
-    base = on_worker.fingerprint(_data())
-    self.assertEqual(base, on_worker.fingerprint(_data()))
-    self.assertNotEqual(base, on_worker.fingerprint(_data(seed=1)))
-    self.assertNotEqual(base, on_worker.fingerprint(_data(sizes=(7, 1, 12))))
+    base = store_lib.fingerprint(_data())
+    self.assertEqual(base, store_lib.fingerprint(_data()))
+    self.assertNotEqual(base, store_lib.fingerprint(_data(seed=1)))
+    self.assertNotEqual(base, store_lib.fingerprint(_data(sizes=(7, 1, 12))))
     changed = _data()
     changed.client_arrays('client_0002')[0][3, 1, 1, 0] += 1e-7
-    self.assertNotEqual(base, on_worker.fingerprint(changed))
+    self.assertNotEqual(base, store_lib.fingerprint(changed))
 
   def test_eval_bounds_cover_the_test_split(self):
-    self.assertEqual(on_worker.eval_bounds(10, 3), [(0, 3), (3, 6), (6, 10)])
-    self.assertEqual(on_worker.eval_bounds(2, 5), [(0, 1), (1, 2)])
-    self.assertEqual(on_worker.eval_bounds(7, 1), [(0, 7)])
+    self.assertEqual(federated_data.eval_bounds(10, 3), [(0, 3), (3, 6), (6, 10)])
+    self.assertEqual(federated_data.eval_bounds(2, 5), [(0, 1), (1, 2)])
+    self.assertEqual(federated_data.eval_bounds(7, 1), [(0, 7)])
 
   def test_descriptor_take_mimics_the_dataset(self):
-    d = on_worker.train_descriptor(3, 99)
+    d = store_lib.train_descriptor(3, 99)
     self.assertEqual(list(d), ['client', 'shuffle_seed', 'batches'])
     self.assertEqual(int(d['batches']), -1)
     empty = d.take(0)
@@ -98,7 +100,7 @@ class WorkerBuiltDatasetsTest(parameterized.TestCase):
     super().setUpClass()
     cls.data = _data()
     cls.root = absltest.get_default_test_tmpdir()
-    cls.store = on_worker.prepare_store(cls.data, cls.root)
+    cls.store = store_lib.prepare_store(cls.data, cls.root)
     # The computations name the store relative to the worker's working
     # directory; the managed local worker inherits ours.
     cls._cwd = os.getcwd()
@@ -115,19 +117,19 @@ class WorkerBuiltDatasetsTest(parameterized.TestCase):
 
     def builder(batch, epochs):
 
-      @tff.tensorflow.computation(tff.to_type(on_worker.TRAIN_DESCRIPTOR))
+      @tff.tensorflow.computation(tff.to_type(store_lib.TRAIN_DESCRIPTOR))
       def build(d):
-        return on_worker.train_dataset(
+        return store_lib.train_dataset(
             self.store, d['client'], d['shuffle_seed'],
             batch_size=batch, epochs=epochs).take(
                 tf.cast(d['batches'], tf.int64))
 
       return build
 
-    with runtime.local_context():
+    with local_runtime.local_context():
       got = []
       for client, seed, batch, epochs, limit in cases:
-        d = on_worker.train_descriptor(client, seed)
+        d = store_lib.train_descriptor(client, seed)
         if limit >= 0:
           d = d.take(limit)
         got.append(_batches(builder(batch, epochs)(d)))
@@ -143,13 +145,13 @@ class WorkerBuiltDatasetsTest(parameterized.TestCase):
 
   def test_eval_datasets_are_the_test_slices(self):
 
-    @tff.tensorflow.computation(tff.to_type(on_worker.EVAL_DESCRIPTOR))
+    @tff.tensorflow.computation(tff.to_type(store_lib.EVAL_DESCRIPTOR))
     def build(d):
-      return on_worker.eval_dataset(self.store, d['start'], d['stop'],
+      return store_lib.eval_dataset(self.store, d['start'], d['stop'],
                                     batch_size=4)
 
-    with runtime.local_context():
-      got = [_batches(build(on_worker.eval_descriptor(a, b)))
+    with local_runtime.local_context():
+      got = [_batches(build(store_lib.eval_descriptor(a, b)))
              for a, b in [(0, 9), (9, 10), (10, 23)]]
     for (a, b), batches in zip([(0, 9), (9, 10), (10, 23)], got):
       self.assertEqual([len(by) for _, by in batches],
@@ -181,7 +183,7 @@ class WorkerBuiltDatasetsTest(parameterized.TestCase):
     def next_fn(state, clients):
       return state, tff.federated_sum(tff.federated_map(label_sum, clients))
 
-    composed = on_worker.training_next(next_fn, self.store, batch_size=3,
+    composed = feed.training_next(next_fn, self.store, batch_size=3,
                                        epochs=2)
     self.assertEqual(
         str(composed.type_signature.parameter[1].member),
@@ -189,9 +191,9 @@ class WorkerBuiltDatasetsTest(parameterized.TestCase):
     picked = [2, 0]
     descriptors = [collections.OrderedDict(
         key=np.array([slot], np.int32),
-        data=on_worker.train_descriptor(c, 10 + c))
+        data=store_lib.train_descriptor(c, 10 + c))
                    for slot, c in enumerate(picked)]
-    with runtime.local_context():
+    with local_runtime.local_context():
       state, total = composed(np.int64(5), descriptors)
     self.assertEqual(state, 5)
     labels = sum(2 * int(self.data.client_arrays(
@@ -222,26 +224,26 @@ class WorkerBuiltDatasetsTest(parameterized.TestCase):
       return state, tff.federated_sum(
           tff.federated_map(examples_and_code, clients))
 
-    composed = on_worker.training_next(next_fn, self.store, batch_size=4,
+    composed = feed.training_next(next_fn, self.store, batch_size=4,
                                        epochs=1)
     self.assertEqual(
         str(composed.type_signature.parameter[1].member),
         '<fault=int32*,data=<client=int32,shuffle_seed=int64,batches=int32>>')
     clients = [collections.OrderedDict(
         fault=tf.data.Dataset.from_tensors(np.int32(code)),
-        data=on_worker.train_descriptor(c, 1)) for c, code in [(0, 2), (3, 1)]]
-    with runtime.local_context():
+        data=store_lib.train_descriptor(c, 1)) for c, code in [(0, 2), (3, 1)]]
+    with local_runtime.local_context():
       _, total = composed(np.int32(0), clients)
     self.assertEqual(total, (7 + 5) * 10 + 3)
 
   def test_missing_store_fails_naming_the_file(self):
-    missing = on_worker.Store('0' * 16, _SHAPE, 4, 23, '/nowhere')
-    with runtime.local_context():
-      self.assertEqual(on_worker.fingerprint_reader(self.store)(),
+    missing = store_lib.Store('0' * 16, _SHAPE, 4, 23, '/nowhere')
+    with local_runtime.local_context():
+      self.assertEqual(feed.fingerprint_reader(self.store)(),
                        self.store.fingerprint.encode())
       with self.assertRaisesRegex(Exception,
                                   'client_data/0000000000000000/fingerprint'):
-        on_worker.fingerprint_reader(missing)()
+        feed.fingerprint_reader(missing)()
 
 
 if __name__ == '__main__':

@@ -10,8 +10,9 @@ import tensorflow_federated as tff
 
 from tff_compress.encoders import factory as codec_factory
 from tff_compress.encoders import stages
-from tff_compress.learning import encoded
-from tff_compress.privacy import bounded
+from tff_compress.encoders import bounded
+from tff_compress.encoders import settings as codec_settings
+from tff_compress.encoders import structure
 
 # A model-update-like structure: one large tensor (compressed), one just
 # over min_size, and a small bias (always raw float32). Keys in sorted order:
@@ -46,8 +47,8 @@ class BoundTest(parameterized.TestCase):
 
   @parameterized.parameters(*CODECS)
   def test_decoded_norm_at_most_clip(self, transform, sub, bits):
-    codec = encoded.CodecConfig('uplink', transform, bits, sub, min_size=1000)
-    coder = encoded.StructureCodec(VALUE_TYPE, codec)
+    codec = codec_settings.UplinkCodec(transform, bits, sub, min_size=1000)
+    coder = structure.StructureCodec(VALUE_TYPE, codec)
     encode = tf.function(
         lambda v, s, c: bounded.bounded_encode_with_info(coder, v, s, c))
     clip = 0.7
@@ -73,8 +74,8 @@ class BoundTest(parameterized.TestCase):
     # above it, and the next factor (1 - 2e-7) left float32 side scalars
     # unchanged, ending in the all-zero fallback (seen on 1 of 50 real
     # client updates at 2 bits).
-    coder = encoded.StructureCodec(
-        VALUE_TYPE, encoded.CodecConfig('uplink', 'hadamard', 2, 1.0))
+    coder = structure.StructureCodec(
+        VALUE_TYPE, codec_settings.UplinkCodec('hadamard', 2, 1.0))
     encode = tf.function(
         lambda v, s: bounded.bounded_encode_with_info(coder, v, s, 0.4))
     for i in range(60):
@@ -84,8 +85,8 @@ class BoundTest(parameterized.TestCase):
       self.assertLessEqual(_decoded_norm(coder, out.message, seed), 0.4)
 
   def test_small_update_untouched_when_decode_fits(self):
-    coder = encoded.StructureCodec(
-        VALUE_TYPE, encoded.CodecConfig('uplink', 'hadamard', 8, 1.0))
+    coder = structure.StructureCodec(
+        VALUE_TYPE, codec_settings.UplinkCodec('hadamard', 8, 1.0))
     seed = tf.constant([3, 4], tf.int64)
     value = _value(0, 1e-4)
     out = bounded.bounded_encode_with_info(coder, value, seed, 10.0)
@@ -96,8 +97,8 @@ class BoundTest(parameterized.TestCase):
 
   @parameterized.parameters(np.nan, np.inf, -np.inf)
   def test_non_finite_update_is_zeroed(self, bad):
-    coder = encoded.StructureCodec(
-        VALUE_TYPE, encoded.CodecConfig('uplink', 'kashin', 2, 0.5))
+    coder = structure.StructureCodec(
+        VALUE_TYPE, codec_settings.UplinkCodec('kashin', 2, 0.5))
     value = _value(1, 0.1)
     value['b_kernel'] = tf.tensor_scatter_nd_update(value['b_kernel'], [[7]],
                                                    [bad])
@@ -113,8 +114,8 @@ class BoundTest(parameterized.TestCase):
     class Squash(stages.Stage):
       name = 'squash'
 
-    coder = encoded.StructureCodec(
-        VALUE_TYPE, encoded.CodecConfig('uplink', 'hadamard', 4, 1.0))
+    coder = structure.StructureCodec(
+        VALUE_TYPE, codec_settings.UplinkCodec('hadamard', 4, 1.0))
     coder._chains[0].stages.append(Squash())  # pylint: disable=protected-access
     with self.assertRaisesRegex(TypeError, 'squash'):
       bounded.bounded_encode(coder, _value(0, 1.0), tf.constant([1, 2],

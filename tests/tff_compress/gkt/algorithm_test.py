@@ -10,17 +10,17 @@ import numpy as np
 
 from tests.tff_compress import process_utils
 from tests.tff_compress import run_utils
-from tff_compress import config_lib
 from tff_compress import simulate_lib
 from tff_compress.data import registry as data_registry
 from tff_compress.gkt import process
 from tff_compress.program import run_dir as run_dir_lib
+from tff_compress.program import sampling
 
 _CONFIG = os.path.join(process_utils.WORKSPACE, 'configs', 'fedgkt.py')
 
 
 def _config():
-  cfg = config_lib.load_config_file(_CONFIG)
+  cfg = run_utils.config_file(_CONFIG, validate=False)
   cfg.rounds = 2
   # Seed 5 samples clients (5, 30) then (9, 30): client 30 trains in both
   # rounds, so resuming must restore its edge model and server logits.
@@ -32,7 +32,7 @@ def _config():
   cfg.client.batch_size = 50
   cfg.gkt.server_epochs = 1
   cfg.gkt.server_batch_size = 100
-  return config_lib.validate(cfg)
+  return run_utils.override(cfg)
 
 
 _rows = run_utils.metrics_rows
@@ -64,12 +64,14 @@ class FedGktRunTest(absltest.TestCase):
     self.assertEqual([r['round'] for r in rows], ['1', '2'])
     data = data_registry.build_federated_data(cfg.data, seed=cfg.seed)
     sizes = [data.client_size(c) for c in data.client_ids]
-    settings = process.GktSettings.from_config(
-        cfg, data.input_shape, data.num_classes, len(sizes))
+    settings = process.GktSpec.create(
+        cfg.gkt, model_name=cfg.model.name, epochs=cfg.client.epochs,
+        batch_size=cfg.client.batch_size, input_shape=data.input_shape,
+        num_classes=data.num_classes, num_clients=len(sizes), seed=cfg.seed)
     report = process.model_report(settings)
     feature = 28 * 28 * 16 * 4
     for r in rows:
-      picked = simulate_lib.sample_clients(
+      picked = sampling.sample_clients(
           len(sizes), cfg.clients_per_round, cfg.seed, int(r['round']))
       n = [sizes[c] for c in picked]
       # float32 feature map + 10 float32 logits + int32 label per sample,

@@ -1,4 +1,5 @@
-"""The Federated Dropout process through the TFF runtime: exact maths, bytes."""
+"""Keyed (per-client slice) pieces and the Federated Dropout process through
+the TFF runtime: exact maths, bytes, zeroing, DP bound."""
 
 import collections
 
@@ -7,17 +8,19 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tests.tff_compress import run_utils
 from tests.tff_compress.learning import learning_testing
-from tff_compress import config_lib
-from tff_compress import runtime
-from tff_compress.dropout import submodel
-from tff_compress.learning import dropout_process
-from tff_compress.learning import encoded
-from tff_compress.learning import process
-from tff_compress.learning import task as task_lib
-from tff_compress.models import registry as model_registry
 from tff_compress.data import federated_data
+from tff_compress.dropout import slicing as dropout_slicing
+from tff_compress.dropout import submodel
+from tff_compress.encoders import settings as codec_settings
+from tff_compress.fedavg import process
+from tff_compress.learning import aggregators
+from tff_compress.learning import keyed
+from tff_compress.learning import task as task_lib
 from tff_compress.models import flops
+from tff_compress.models import registry as model_registry
+from tff_compress.runtime import local as local_runtime
 
 SEED = 11
 
@@ -34,15 +37,63 @@ def _task(hidden=(12, 8)) -> task_lib.Task:
                        flops.training_flops_per_example(probe), builder)
 
 
-def _cfg(keep=0.5, mask='per_client', k=3):
-  cfg = config_lib.default_config()
-  cfg.model.name = 'dense'
-  cfg.seed = SEED
-  cfg.clients_per_round = k
-  cfg.client.learning_rate = 0.1
-  cfg.dropout.keep = keep
-  cfg.dropout.mask = mask
-  return cfg
+def _cfg(keep=0.5, mask='per_client', k=3, **overrides):
+  return run_utils.default_config(**{
+      'model.name': 'dense', 'seed': SEED, 'clients_per_round': k,
+      'client.learning_rate': 0.1, 'dropout.keep': keep,
+      'dropout.mask': mask, **overrides})
+
+
+def _training(cfg, task):
+  return process.build_training(run_utils.training(cfg), task)
+
+
+def _handmade_process(task, plan, client_work_fn, wrap=lambda mean: mean):
+  """The keyed composer of a per-client dropout plan with a handmade client
+  work and `wrap(scatter mean)` as the aggregator."""
+  initial = process.build_initial_weights_fn(task)
+  mw_type = initial.type_signature.result
+  sub_type = process.build_initial_weights_fn(
+      task.with_widths(plan.widths)).type_signature.result
+  data_type = tff.SequenceType(tff.types.tensorflow_to_type(
+      task.input_spec))
+  slicing = dropout_slicing.MaskSlicing(plan, SEED, True, 3)
+  mean = keyed.ScatterMeanFactory(slicing, mw_type.trainable)
+  return keyed.compose_keyed_learning_process(
+      initial,
+      keyed.build_keyed_distributor(mw_type, sub_type, slicing,
+                                    codec_settings.BroadcastCodec()),
+      client_work_fn(sub_type, data_type),
+      wrap(mean).create(sub_type.trainable, tff.TensorType(np.float32)),
+      tff.learning.templates.build_apply_optimizer_finalizer(
+          tff.learning.optimizers.build_sgdm(1.0), mw_type))
+
+
+def _one_round(lp, sizes):
+  """(trainable weights before, after, output) of one round of `lp`."""
+  with local_runtime.local_context():
+    state = lp.initialize()
+    before = _flat(lp.get_model_weights(state).trainable)
+    out = lp.next(state, keyed.client_inputs(
+        learning_testing.random_datasets(sizes)))
+    after = _flat(lp.get_model_weights(out.state).trainable)
+  return before, after, out
+
+
+def _expected_update(plan, sizes, before, skip=()):
+  """Per coordinate: Σ_i n_i m_ij n_i / Σ_i n_i m_ij over clients not in
+  `skip` (the handmade update of client i is n_i everywhere, weight n_i)."""
+  num = [np.zeros_like(w) for w in before]
+  den = [np.zeros_like(w) for w in before]
+  for slot, n in enumerate(sizes):
+    if slot in skip:
+      continue
+    kept = plan.kept_indices(submodel.mask_seed(SEED, 1, slot))
+    for j, c in enumerate(plan.coverage(kept)):
+      num[j] += n * c.numpy() * n
+      den[j] += n * c.numpy()
+  return [np.where(c > 0, s / np.maximum(c, 1e-30), 0.0)
+          for s, c in zip(num, den)], den
 
 
 def _handmade_client_work(sub_weights_type, data_type, nan_size=-1):
@@ -89,42 +140,15 @@ class DropoutProcessTest(absltest.TestCase):
   def test_count_average_is_exact_on_handmade_updates(self):
     """u_j = sum_i n_i m_ij n_i / sum_i n_i m_ij; untrained keep their value."""
     task = _task()
-    cfg = _cfg(keep=0.4)
-    plan = process.dropout_plan(cfg, task)
-    initial = process.build_initial_weights_fn(task)
-    sub_type = process.build_initial_weights_fn(
-        task.with_widths(plan.widths)).type_signature.result
-    data_type = tff.SequenceType(tff.types.tensorflow_to_type(
-        task.input_spec))
-    lp = dropout_process.build_dropout_process(
-        initial_weights_fn=initial, plan=plan, sub_model_weights_type=sub_type,
-        client_work=_handmade_client_work(sub_type, data_type),
-        finalizer=tff.learning.templates.build_apply_optimizer_finalizer(
-            tff.learning.optimizers.build_sgdm(1.0),
-            initial.type_signature.result),
-        broadcast=encoded.CodecConfig('broadcast'),
-        uplink=encoded.CodecConfig('uplink'), seed=SEED,
-        clients_per_round=3, per_client_masks=True,
-        client_data_type=data_type)
+    plan = process.dropout_plan(run_utils.training(_cfg(keep=0.4)), task)
+    lp = _handmade_process(task, plan, _handmade_client_work)
     sizes = [3, 10, 5]
-    with runtime.local_context():
-      state = lp.initialize()
-      before = _flat(lp.get_model_weights(state).trainable)
-      out = lp.next(state, dropout_process.client_inputs(
-          learning_testing.random_datasets(sizes)))
-      after = _flat(lp.get_model_weights(out.state).trainable)
+    before, after, out = _one_round(lp, sizes)
 
-    num = [np.zeros_like(w) for w in before]
-    den = [np.zeros_like(w) for w in before]
-    for slot, n in enumerate(sizes):
-      kept = plan.kept_indices(submodel.mask_seed(SEED, 1, slot))
-      for j, c in enumerate(plan.coverage(kept)):
-        num[j] += n * c.numpy() * n
-        den[j] += n * c.numpy()
+    expected, den = _expected_update(plan, sizes, before)
     untrained = 0
-    for b, a, s, c in zip(before, after, num, den):
-      expected = np.where(c > 0, s / np.maximum(c, 1e-30), 0.0)
-      np.testing.assert_allclose(b - a, expected, rtol=1e-6, atol=1e-6)
+    for b, a, e, c in zip(before, after, expected, den):
+      np.testing.assert_allclose(b - a, e, rtol=1e-6, atol=1e-6)
       np.testing.assert_array_equal(a[c == 0], b[c == 0])
       untrained += int((c == 0).sum())
     self.assertGreater(untrained, 0)  # the test covers untouched coordinates
@@ -134,10 +158,10 @@ class DropoutProcessTest(absltest.TestCase):
 
   def test_bytes_are_those_of_the_submodel(self):
     task = _task()
-    training = process.build_training(_cfg(keep=0.5), task)
+    training = _training(_cfg(keep=0.5), task)
     sub_params = training.client_task.num_params
     self.assertLess(sub_params, task.num_params / 2)
-    with runtime.local_context():
+    with local_runtime.local_context():
       out = training.process.next(
           training.process.initialize(),
           training.client_inputs(learning_testing.random_datasets([4, 6, 5])))
@@ -148,10 +172,9 @@ class DropoutProcessTest(absltest.TestCase):
 
   def test_per_round_masks_are_shared(self):
     task = _task()
-    cfg = _cfg(keep=0.5, mask='per_round', k=4)
-    training = process.build_training(cfg, task)
+    training = _training(_cfg(keep=0.5, mask='per_round', k=4), task)
     plan = training.plan
-    with runtime.local_context():
+    with local_runtime.local_context():
       out = training.process.next(
           training.process.initialize(),
           training.client_inputs(learning_testing.random_datasets([4] * 4)))
@@ -164,22 +187,21 @@ class DropoutProcessTest(absltest.TestCase):
 
   def test_keep_one_is_plain_fedavg_bit_for_bit(self):
     task = _task()
-    cfg = _cfg(keep=1.0)
-    training = process.build_training(cfg, task)
+    ts = run_utils.training(_cfg(keep=1.0))
+    training = process.build_training(ts, task)
     self.assertIsNone(training.plan)
-    plain = process.build_learning_process(cfg, task)
+    plain = process.build_learning_process(ts, task)
     # The dropout process itself with every unit kept: same maths.
     full_plan = submodel.build_plan(task.keras_model_fn(), {})
-    forced, _ = process.build_dropout_learning_process(cfg, task, full_plan)
+    forced, _ = process.build_dropout_learning_process(ts, task, full_plan)
     data = learning_testing.random_datasets([12, 30, 7])
-    with runtime.local_context():
+    with local_runtime.local_context():
       s_a, s_b, s_c = (training.process.initialize(), plain.initialize(),
                        forced.initialize())
       for _ in range(2):
         s_a = training.process.next(s_a, training.client_inputs(data)).state
         s_b = plain.next(s_b, data).state
-        s_c = forced.next(
-            s_c, dropout_process.client_inputs(data)).state
+        s_c = forced.next(s_c, keyed.client_inputs(data)).state
       a = _flat(training.process.get_model_weights(s_a))
       b = _flat(plain.get_model_weights(s_b))
       c = _flat(forced.get_model_weights(s_c))
@@ -192,16 +214,13 @@ class DropoutProcessTest(absltest.TestCase):
 
   def test_composes_with_codecs(self):
     task = _task(hidden=(64,))
-    cfg = _cfg(keep=0.75)
-    cfg.broadcast.bits = 8
-    cfg.uplink.transform = 'hadamard'
-    cfg.uplink.bits = 2
-    cfg.broadcast.min_size = cfg.uplink.min_size = 100
-    training = process.build_training(cfg, task)
-    plain_cfg = _cfg(keep=0.75)
-    plain = process.build_training(plain_cfg, task)
+    training = _training(_cfg(keep=0.75, **{
+        'broadcast.bits': 8, 'uplink.transform': 'hadamard',
+        'uplink.bits': 2, 'broadcast.min_size': 100,
+        'uplink.min_size': 100}), task)
+    plain = _training(_cfg(keep=0.75), task)
     data = training.client_inputs(learning_testing.random_datasets([8, 8, 8]))
-    with runtime.local_context():
+    with local_runtime.local_context():
       out = training.process.next(training.process.initialize(), data)
       ref = plain.process.next(plain.process.initialize(), data)
       w = _flat(training.process.get_model_weights(out.state))
@@ -219,11 +238,9 @@ class DropoutProcessTest(absltest.TestCase):
     data = learning_testing.random_datasets([8, 8, 8])
     weights = {}
     for bits in (32, 16):
-      cfg = _cfg(keep=0.75)
-      cfg.broadcast.bits = bits
-      cfg.broadcast.min_size = 100
-      training = process.build_training(cfg, task)
-      with runtime.local_context():
+      training = _training(_cfg(keep=0.75, **{
+          'broadcast.bits': bits, 'broadcast.min_size': 100}), task)
+      with local_runtime.local_context():
         state = training.process.initialize()
         w0 = _flat(training.process.get_model_weights(state).trainable)
         out = training.process.next(state, training.client_inputs(data))
@@ -237,17 +254,12 @@ class DropoutProcessTest(absltest.TestCase):
   def test_user_dp_bounds_the_decoded_submodel_updates(self):
     """DP-FedAvg + 1-bit Hadamard uplink: sum of decoded updates <= K C."""
     task = _task(hidden=(64,))
-    cfg = _cfg(keep=0.5, k=3)
-    cfg.dp.mode = 'user'
-    cfg.dp.noise_multiplier = 0.0
-    cfg.dp.clip = 0.05
-    cfg.client.learning_rate = 0.5
-    cfg.uplink.transform = 'hadamard'
-    cfg.uplink.bits = 1
-    cfg.uplink.min_size = 100
-    training = process.build_training(cfg, task)
+    training = _training(_cfg(keep=0.5, k=3, **{
+        'dp.mode': 'user', 'dp.noise_multiplier': 0.0, 'dp.clip': 0.05,
+        'client.learning_rate': 0.5, 'uplink.transform': 'hadamard',
+        'uplink.bits': 1, 'uplink.min_size': 100}), task)
     plan = training.plan
-    with runtime.local_context():
+    with local_runtime.local_context():
       state = training.process.initialize()
       before = _flat(training.process.get_model_weights(state).trainable)
       out = training.process.next(state, training.client_inputs(
@@ -265,29 +277,33 @@ class DropoutProcessTest(absltest.TestCase):
     self.assertGreater(total, 0.05)  # clipped, not vanished
     self.assertEqual(int(out.metrics['aggregator']['zeroed']), 0)
 
-  def test_non_finite_update_is_zeroed_and_counted(self):
+  def test_non_finite_update_is_zeroed_and_leaves_the_mean(self):
+    """A NaN client is zeroed, counted, and its weight leaves the
+    per-coordinate denominators: the others' count average is exact."""
     task = _task()
-    cfg = _cfg(keep=0.5)
-    plan = process.dropout_plan(cfg, task)
-    initial = process.build_initial_weights_fn(task)
-    sub_type = process.build_initial_weights_fn(
-        task.with_widths(plan.widths)).type_signature.result
-    data_type = tff.SequenceType(tff.types.tensorflow_to_type(
-        task.input_spec))
-    lp = dropout_process.build_dropout_process(
-        initial_weights_fn=initial, plan=plan, sub_model_weights_type=sub_type,
-        client_work=_handmade_client_work(sub_type, data_type, nan_size=10),
-        finalizer=tff.learning.templates.build_apply_optimizer_finalizer(
-            tff.learning.optimizers.build_sgdm(1.0),
-            initial.type_signature.result),
-        broadcast=encoded.CodecConfig('broadcast'),
-        uplink=encoded.CodecConfig('uplink'), seed=SEED,
-        clients_per_round=3, per_client_masks=True, zeroing_norm=1e6,
-        client_data_type=data_type)
-    with runtime.local_context():
-      out = lp.next(lp.initialize(), dropout_process.client_inputs(
-          learning_testing.random_datasets([3, 10, 5])))
-      after = _flat(lp.get_model_weights(out.state))
+    plan = process.dropout_plan(run_utils.training(_cfg(keep=0.5)), task)
+    lp = _handmade_process(
+        task, plan,
+        lambda s, d: _handmade_client_work(s, d, nan_size=10),
+        wrap=lambda mean: aggregators.zeroing(1e6, mean))
+    sizes = [3, 10, 5]
+    before, after, out = _one_round(lp, sizes)
+    self.assertEqual(int(out.metrics['aggregator']['zeroed']), 1)
+    expected, _ = _expected_update(plan, sizes, before, skip=(1,))
+    for b, a, e in zip(before, after, expected):
+      np.testing.assert_allclose(b - a, e, rtol=1e-6, atol=1e-6)
+
+  def test_poisoned_clients_are_zeroed_under_dropout(self):
+    """faults.nan_prob with Federated Dropout: the fault-injecting client
+    work and the zeroing stage compose with the keyed pieces."""
+    task = _task()
+    training = _training(_cfg(keep=0.5, **{'faults.nan_prob': 0.5}), task)
+    data = learning_testing.random_datasets([4, 6, 5])
+    with local_runtime.local_context():
+      out = training.process.next(
+          training.process.initialize(),
+          training.client_inputs(data, faults=[0, 1, 0]))
+      after = _flat(training.process.get_model_weights(out.state))
     self.assertEqual(int(out.metrics['aggregator']['zeroed']), 1)
     self.assertTrue(all(np.isfinite(w).all() for w in after))
 
