@@ -1,11 +1,16 @@
 """Dataset registry: the ``data`` config section -> a FederatedData.
 
-Fields read from the config (an ``ml_collections.ConfigDict`` or any object
-with these attributes):
+The builders read the typed settings of the section,
+`tff_compress.data.settings.DataSettings` (what `config_lib.settings`
+returns for a validated config; every key, its default, rule and doc are
+declared there). Any object with the same attributes works too (e.g. a
+config's ``data`` ConfigDict); a missing one is a :class:`DataError`. The
+keys each data set reads:
 
 * ``name``: one of :data:`DATASETS`;
 * ``num_clients``: number of clients to partition into; for ``emnist`` the
-  maximum number of writers kept (the first ones in sorted id order);
+  maximum number of writers kept (the first ones in sorted id order); for
+  ``synthetic*`` the number of clients generated;
 * ``partition``, ``dirichlet_alpha``, ``shards_per_client``: the partitioner
   and its parameters (see :mod:`tff_compress.data.partition`), for the
   array datasets ``mnist_embedded``, ``cifar10`` and ``cifar100``; EMNIST
@@ -220,7 +225,8 @@ def build_federated_data(cfg: Any, seed: int) -> FederatedData:
   """Builds the dataset described by the ``data`` config section.
 
   Args:
-    cfg: The data config (see the module docstring).
+    cfg: The ``data`` settings (`data.settings.DataSettings`, see the module
+      docstring).
     seed: Non-negative run seed. The embedded-MNIST split, the partition and
       the synthetic generator use independent seeds derived from it
       (:func:`derived_seed`); the result is the same for the same `cfg` and

@@ -12,7 +12,9 @@ import ml_collections
 import numpy as np
 
 from tff_compress.data import federated_data
+from tff_compress import config_lib
 from tff_compress.data import registry
+from tff_compress.data import settings as data_settings
 from tff_compress.data import synthetic
 
 DataError = federated_data.DataError
@@ -25,12 +27,10 @@ def _gen(num_clients=200, alpha=1.0, beta=1.0, iid=False, law=LEAF, seed=0):
                                       size_law=law, seed=seed)
 
 
-def _cfg(**overrides) -> ml_collections.ConfigDict:
-  cfg = ml_collections.ConfigDict(dict(
+def _cfg(**overrides) -> data_settings.DataSettings:
+  return data_settings.DataSettings(
       name='synthetic', num_clients=1000, synthetic_alpha=1.0,
-      synthetic_beta=1.0, synthetic_sizes='fedprox'))
-  cfg.update(overrides)
-  return cfg
+      synthetic_beta=1.0, synthetic_sizes='fedprox').replace(**overrides)
 
 
 def _normal_cdf(z: float) -> float:
@@ -252,6 +252,27 @@ class GeneratorTest(parameterized.TestCase):
 
 
 class RegistryTest(parameterized.TestCase):
+
+  def test_config_keys_and_their_rules(self):
+    config = config_lib.default_config()
+    config.data.name = 'synthetic'
+    got = config_lib.settings(config_lib.validate(config)).data
+    self.assertEqual((got.synthetic_alpha, got.synthetic_beta,
+                      got.synthetic_sizes), (1.0, 1.0, 'leaf'))
+    for key, value, message in [
+        ('synthetic_sizes', 'zipf',
+         r"^config key 'data.synthetic_sizes' is 'zipf'; allowed: fedprox, "
+         r'leaf$'),
+        ('synthetic_alpha', -0.5,
+         r"^config key 'data.synthetic_alpha' is -0.5; allowed: \[0.0, inf\]$"),
+        ('synthetic_beta', -1.0,
+         r"^config key 'data.synthetic_beta' is -1.0; allowed: \[0.0, inf\]$")]:
+      bad = config_lib.default_config()
+      bad.data.name = 'synthetic'
+      bad.data[key] = value
+      with self.subTest(key=key), self.assertRaisesRegex(
+          config_lib.ConfigError, message):
+        config_lib.validate(bad)
 
   def test_builds_from_config(self):
     data = registry.build_federated_data(_cfg(), seed=3)
