@@ -337,8 +337,10 @@ class ScaleTest(absltest.TestCase):
 
   def test_a_round_of_1000_clients_out_of_100000(self):
     # The whole data set would be ~47 M examples x 244 bytes = ~11 GB.
-    # Generous bounds: a few seconds and a few hundred MB, on a shared
-    # 2-core machine (typical: 0.2 s to build, 0.5 s for the round).
+    # Generous bounds: tens of seconds and a few hundred MB, on a shared
+    # 2-core machine under tracemalloc (typical: 0.2 s to build, 0.5 s for
+    # the round alone; 9-17 s to build seen under load). The memory bounds
+    # are what rule out materialising the data set.
     tracemalloc.start()
     try:
       t0 = time.perf_counter()
@@ -360,8 +362,8 @@ class ScaleTest(absltest.TestCase):
     finally:
       tracemalloc.stop()
     self.assertEqual(examples, int(sizes[picked].sum()))
-    self.assertLess(build_seconds, 5.0)
-    self.assertLess(round_seconds, 10.0)
+    self.assertLess(build_seconds, 30.0)
+    self.assertLess(round_seconds, 30.0)
     self.assertLess(build_peak, 200e6)
     # One client at a time is alive: the round's peak is about the largest
     # client's arrays (float32 features, their float64 copy for the logits:
