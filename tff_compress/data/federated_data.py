@@ -1,11 +1,13 @@
-"""A federated image-classification dataset and its per-client tf.data input.
+"""A federated classification dataset and its per-client tf.data input.
 
-Every dataset of the project (embedded MNIST, federated EMNIST, CIFAR-10/100)
-is handed to the training code as a :class:`FederatedData`: named clients whose
-examples are loaded on demand, plus one centralised test split. Images are
-float32 with values in [0, 1] (0 = black/background for the digit datasets),
-shaped ``[n, *input_shape]``; labels are int32 class indices in
-``[0, num_classes)``.
+Every dataset of the project (embedded MNIST, federated EMNIST, CIFAR-10/100,
+the synthetic(alpha, beta) generator) is handed to the training code as a
+:class:`FederatedData`: named clients whose examples are loaded (or generated)
+on demand, plus one centralised test split. Features are finite float32
+arrays shaped ``[n, *input_shape]`` whose values lie in the dataset's declared
+``value_range`` (``(0, 1)`` for the image datasets, 0 = black/background for
+the digits; ``None`` = any finite value, e.g. Gaussian features); labels are
+int32 class indices in ``[0, num_classes)``.
 
 :func:`make_client_dataset` turns one client's arrays into the
 ``tf.data.Dataset`` of ``OrderedDict(x=..., y=...)`` batches that TFF's
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from typing import Callable, Mapping, Optional
 
 import numpy as np
@@ -39,20 +42,30 @@ class FederatedData:
 
   Attributes:
     name: Dataset name as configured (e.g. ``'mnist_embedded'``).
-    input_shape: Shape of one image, e.g. ``(28, 28, 1)`` (height, width,
-      channels).
+    input_shape: Shape of one example's features, e.g. ``(28, 28, 1)``
+      (height, width, channels) for MNIST or ``(60,)`` for synthetic.
     num_classes: Number of label classes; labels lie in ``[0, num_classes)``.
     client_ids: Client identifiers in a stable, sorted order (e.g.
       ``'client_0000'``, ...); samplers index into this tuple.
     get_client: Loads one client: ``client_id -> (x, y)`` with ``x`` float32
-      ``[n, *input_shape]`` in [0, 1] and ``y`` int32 ``[n]``, ``n >= 1``. Use
-      :meth:`client_arrays`, which checks and caches the result.
-    test_x: Test images, float32 ``[n_test, *input_shape]`` in [0, 1].
+      ``[n, *input_shape]`` in `value_range` and ``y`` int32 ``[n]``,
+      ``n >= 1``. Use :meth:`client_arrays`, which checks (and caches) the
+      result.
+    test_x: Test features, float32 ``[n_test, *input_shape]`` in
+      `value_range`.
     test_y: Test labels, int32 ``[n_test]``.
     client_sizes: Optional number of examples of every client, known without
-      loading it (e.g. from partition indices or a database count). If given,
-      :meth:`client_size` uses it and :meth:`client_arrays` checks that the
-      loaded arrays have exactly this many examples.
+      loading it (e.g. from partition indices, a database count or a
+      generator's size law). If given, :meth:`client_size` and :meth:`sizes`
+      use it and :meth:`client_arrays` checks that the loaded arrays have
+      exactly this many examples.
+    value_range: ``(low, high)``: every feature value must lie in
+      ``[low, high]``; ``(0.0, 1.0)`` (the default) for images. ``None``
+      declares unbounded features; they must still be finite.
+    cache_clients: Keep every loaded client in memory (the default: slicing
+      a partition or reading a database is worth doing once). A generated
+      dataset whose clients are cheap to rebuild and too many to hold sets
+      it False; :meth:`client_arrays` then calls `get_client` every time.
   """
 
   name: str
@@ -64,10 +77,14 @@ class FederatedData:
   test_y: np.ndarray = dataclasses.field(repr=False)
   client_sizes: Optional[Mapping[str, int]] = dataclasses.field(
       default=None, repr=False)
+  value_range: Optional[tuple[float, float]] = (0.0, 1.0)
+  cache_clients: bool = True
   _cache: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(
       default_factory=dict, init=False, repr=False, compare=False)
   _id_set: frozenset[str] = dataclasses.field(
       default=frozenset(), init=False, repr=False, compare=False)
+  _sizes: Optional[np.ndarray] = dataclasses.field(
+      default=None, init=False, repr=False, compare=False)
 
   def __post_init__(self):
     object.__setattr__(self, 'input_shape',
@@ -83,6 +100,15 @@ class FederatedData:
     if self.num_classes < 1:
       raise DataError(
           f'dataset {self.name}: num_classes={self.num_classes} must be >= 1')
+    if self.value_range is not None:
+      bounds = np.asarray(self.value_range, dtype=np.float64)
+      if bounds.shape != (2,) or not (np.all(np.isfinite(bounds)) and
+                                      bounds[0] < bounds[1]):
+        raise DataError(
+            f'dataset {self.name}: value_range={self.value_range!r} must be '
+            'finite (low, high) with low < high, or None')
+      object.__setattr__(self, 'value_range',
+                         (float(bounds[0]), float(bounds[1])))
     if self.client_sizes is not None:
       missing = [c for c in self.client_ids if c not in self.client_sizes]
       if missing:
@@ -109,10 +135,19 @@ class FederatedData:
       raise DataError(
           f'dataset {self.name}, {where}: labels {y.min()}..{y.max()} are '
           f'outside 0..{self.num_classes - 1}')
-    if x.size and (x.min() < 0.0 or x.max() > 1.0):
+    if not x.size:
+      return
+    low, high = x.min(), x.max()
+    # NaN propagates through min/max, and inf fails isfinite: one test each.
+    if not (np.isfinite(low) and np.isfinite(high)):
       raise DataError(
-          f'dataset {self.name}, {where}: pixels {x.min()}..{x.max()} are '
-          'outside [0, 1]')
+          f'dataset {self.name}, {where}: x has non-finite values (NaN or '
+          'inf)')
+    if self.value_range is not None and (
+        low < self.value_range[0] or high > self.value_range[1]):
+      raise DataError(
+          f'dataset {self.name}, {where}: values {low}..{high} are outside '
+          f'[{self.value_range[0]:g}, {self.value_range[1]:g}]')
 
   def _require_known(self, client_id: str) -> None:
     if client_id not in self._id_set:
@@ -122,15 +157,15 @@ class FederatedData:
           f'to {self.client_ids[-1]!r})')
 
   def client_arrays(self, client_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """The examples of one client, loaded once and then cached.
+    """The examples of one client, cached after the first load if asked.
 
     Args:
       client_id: One of :attr:`client_ids`.
 
     Returns:
-      ``(x, y)``: float32 ``[n, *input_shape]`` images in [0, 1] and int32
-      ``[n]`` labels, ``n >= 1``. The arrays are shared with the cache; do not
-      modify them.
+      ``(x, y)``: float32 ``[n, *input_shape]`` features in `value_range` and
+      int32 ``[n]`` labels, ``n >= 1``. With `cache_clients` the arrays are
+      shared with the cache; do not modify them.
 
     Raises:
       DataError: `client_id` is unknown, or the loader returned arrays of the
@@ -150,7 +185,8 @@ class FederatedData:
       raise DataError(
           f'dataset {self.name}, {where}: loaded {len(y)} examples but '
           f'{self.client_sizes[client_id]} were expected')
-    self._cache[client_id] = (x, y)
+    if self.cache_clients:
+      self._cache[client_id] = (x, y)
     return x, y
 
   def client_size(self, client_id: str) -> int:
@@ -171,6 +207,24 @@ class FederatedData:
       return int(self.client_sizes[client_id])
     return len(self.client_arrays(client_id)[1])
 
+  def sizes(self) -> np.ndarray:
+    """Number of examples of every client, in :attr:`client_ids` order.
+
+    Returns:
+      int64 ``[num_clients]``, computed once (from `client_sizes` without
+      loading any client, else by loading every client). Read-only.
+    """
+    if self._sizes is None:
+      if self.client_sizes is not None:
+        sizes = np.fromiter((self.client_sizes[c] for c in self.client_ids),
+                            dtype=np.int64, count=len(self.client_ids))
+      else:
+        sizes = np.array([len(self.client_arrays(c)[1])
+                          for c in self.client_ids], dtype=np.int64)
+      sizes.flags.writeable = False
+      object.__setattr__(self, '_sizes', sizes)
+    return self._sizes
+
   def label_histogram(self) -> np.ndarray:
     """Label counts per client.
 
@@ -190,7 +244,7 @@ def element_spec(
   """The element type of :func:`make_client_dataset`'s batches.
 
   Args:
-    input_shape: Shape of one image, e.g. ``(28, 28, 1)``.
+    input_shape: Shape of one example's features, e.g. ``(28, 28, 1)``.
 
   Returns:
     ``OrderedDict(x=TensorSpec([None, *input_shape], float32),
@@ -215,13 +269,21 @@ def make_client_dataset(
   The examples are visited ``epochs`` times in the order of
   :func:`client_order` (a fresh uniformly random permutation per pass that
   depends on `shuffle_seed` only, not on TensorFlow's global seed), then cut
-  into consecutive batches by :func:`batches_in_order`: ``ceil(epochs * n /
-  batch_size)`` batches, the last one holding the remainder (a batch may span
-  two passes). Remote workers build the same dataset from the same seed with
-  the same two functions (`tff_compress.data.store`, `runtime.feed`).
+  into consecutive batches: ``ceil(epochs * n / batch_size)`` batches, the
+  last one holding the remainder (a batch may span two passes). These are
+  exactly the batches of :func:`batches_in_order` on the same order, which is
+  how remote workers build the dataset from the same seed
+  (`tff_compress.data.store`, `tff_compress.runtime.feed`).
+
+  The rows are gathered here, in numpy, and the dataset holds them in visiting
+  order (``epochs * n`` rows: for ``epochs > 1``, `epochs` copies of the
+  client's data). That is an order of magnitude cheaper than tracing a
+  gathering ``Dataset.map`` function per client, which dominated the driver's
+  share of a round of many small clients (``benchmarks/fedavg_overhead.py
+  --clients=...`` measures both).
 
   Args:
-    x: float32 ``[n, ...]`` images.
+    x: float32 ``[n, ...]`` features.
     y: int32 ``[n]`` labels.
     batch_size: Examples per batch, ``>= 1``.
     epochs: Passes over the data, ``>= 1``.
@@ -241,13 +303,27 @@ def make_client_dataset(
                     f'{x.dtype}/{y.dtype}')
   if y.ndim != 1 or len(x) != len(y) or len(y) == 0:
     raise DataError(f'client arrays must be non-empty with one label per '
-                    f'image, got x {x.shape} and y {y.shape}')
+                    f'example, got x {x.shape} and y {y.shape}')
   if batch_size < 1 or epochs < 1:
     raise DataError(f'batch_size={batch_size} and epochs={epochs} must be >= 1')
   if shuffle_seed < 0:
     raise DataError(f'shuffle_seed={shuffle_seed} must be >= 0')
-  order = client_order(len(y), epochs, shuffle_seed)
-  return batches_in_order(x, y, order, batch_size)
+  order = _traced_client_order(epochs)(
+      np.int64(len(y)), np.int64(shuffle_seed)).numpy()
+  return tf.data.Dataset.from_tensor_slices(
+      collections.OrderedDict(x=x[order], y=y[order])).batch(batch_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _traced_client_order(epochs: int) -> Callable[..., tf.Tensor]:
+  """:func:`client_order` for `epochs` passes, traced once per `epochs`.
+
+  One call of the traced function replaces the eager dispatch of the order's
+  few ops per pass, which costs several times more per client.
+  """
+  return tf.function(
+      lambda n, seed: client_order(n, epochs, seed),
+      input_signature=[tf.TensorSpec([], tf.int64)] * 2, autograph=False)
 
 
 def client_order(n, epochs: int, shuffle_seed) -> tf.Tensor:
@@ -279,8 +355,12 @@ def client_order(n, epochs: int, shuffle_seed) -> tf.Tensor:
 def batches_in_order(x, y, order, batch_size: int) -> tf.data.Dataset:
   """Batches of ``OrderedDict(x, y)`` taking the rows of `order` in turn.
 
+  Builds the dataset inside a graph (remote workers,
+  `tff_compress.data.store`) without copying the rows: the batches equal
+  those of :func:`make_client_dataset` for the same order.
+
   Args:
-    x: float32 ``[n, ...]`` images (array or tensor).
+    x: float32 ``[n, ...]`` features (array or tensor).
     y: int32 ``[n]`` labels.
     order: int64 row indices, e.g. from :func:`client_order`.
     batch_size: Rows per batch; the last batch holds the remainder.

@@ -1,11 +1,16 @@
 """Dataset registry: the ``data`` config section -> a FederatedData.
 
-Fields read from the config (an ``ml_collections.ConfigDict`` or any object
-with these attributes):
+The builders read the typed settings of the section,
+`tff_compress.data.settings.DataSettings` (what `config_lib.settings`
+returns for a validated config; every key, its default, rule and doc are
+declared there). Any object with the same attributes works too (e.g. a
+config's ``data`` ConfigDict); a missing one is a :class:`DataError`. The
+keys each data set reads:
 
 * ``name``: one of :data:`DATASETS`;
 * ``num_clients``: number of clients to partition into; for ``emnist`` the
-  maximum number of writers kept (the first ones in sorted id order);
+  maximum number of writers kept (the first ones in sorted id order); for
+  ``synthetic*`` the number of clients generated;
 * ``partition``, ``dirichlet_alpha``, ``shards_per_client``: the partitioner
   and its parameters (see :mod:`tff_compress.data.partition`), for the
   array datasets ``mnist_embedded``, ``cifar10`` and ``cifar100``; EMNIST
@@ -15,7 +20,12 @@ with these attributes):
 * ``cache_dir``: local cache of ``emnist`` / ``cifar*`` (empty = the
   library default, ``~/.tff`` or ``~/.keras/datasets``); nothing is
   downloaded;
-* ``only_digits``: EMNIST with 10 digit classes (True) or 62 classes.
+* ``only_digits``: EMNIST with 10 digit classes (True) or 62 classes;
+* ``synthetic_alpha``, ``synthetic_beta`` (floats >= 0) and
+  ``synthetic_sizes`` (one of :data:`synthetic.SIZE_LAWS`): the
+  ``synthetic`` generator (:mod:`tff_compress.data.synthetic`), whose
+  ``num_clients`` clients are generated on demand; ``synthetic_iid`` reads
+  only ``synthetic_sizes`` (and ``num_clients``).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from tff_compress.data import embedded_mnist
 from tff_compress.data import emnist
 from tff_compress.data import federated_data
 from tff_compress.data import partition
+from tff_compress.data import synthetic
 
 DataError = federated_data.DataError
 FederatedData = federated_data.FederatedData
@@ -149,12 +160,64 @@ def _emnist(cfg: Any, seed: int) -> FederatedData:
       max_clients=_field(cfg, 'num_clients'))
 
 
+def _synthetic(iid: bool) -> Builder:
+  def build(cfg: Any, seed: int) -> FederatedData:
+    law = _field(cfg, 'synthetic_sizes')
+    if law not in synthetic.SIZE_LAWS:
+      raise DataError(f'data.synthetic_sizes={law!r} is not one of '
+                      f'{sorted(synthetic.SIZE_LAWS)}')
+    alpha, beta = ((0.0, 0.0) if iid else (_field(cfg, 'synthetic_alpha'),
+                                           _field(cfg, 'synthetic_beta')))
+    return synthetic_data(synthetic.SyntheticGenerator(
+        _field(cfg, 'num_clients'), alpha, beta, iid=iid,
+        size_law=synthetic.SIZE_LAWS[law],
+        seed=derived_seed(seed, 'synthetic')))
+  return build
+
+
+def synthetic_data(generator: synthetic.SyntheticGenerator) -> FederatedData:
+  """The generator's clients as a FederatedData, none of them stored.
+
+  Args:
+    generator: A synthetic(alpha, beta) generator.
+
+  Returns:
+    FederatedData ``'synthetic'`` (``'synthetic_iid'`` for the IID variant)
+    with clients ``client_0000``, ... (client ``i`` is ``generator.client(i)``,
+    generated on every access, never cached), unbounded features of shape
+    ``(synthetic.DIM,)``, sizes known up front, and
+    ``generator.test_split()`` as the test split.
+  """
+  n = generator.num_clients
+  ids = tuple(client_id(i, n) for i in range(n))
+  index = {c: i for i, c in enumerate(ids)}
+  test_x, test_y, _ = generator.test_split()
+
+  def get_client(cid: str) -> tuple[np.ndarray, np.ndarray]:
+    return generator.client(index[cid])
+
+  return FederatedData(
+      name='synthetic_iid' if generator.iid else 'synthetic',
+      input_shape=(synthetic.DIM,),
+      num_classes=synthetic.NUM_CLASSES,
+      client_ids=ids,
+      get_client=get_client,
+      test_x=test_x,
+      test_y=test_y,
+      client_sizes=dict(zip(ids, generator.sizes.tolist())),
+      value_range=None,
+      cache_clients=False,
+  )
+
+
 # Config ``data.name`` -> builder ``(cfg, seed) -> FederatedData``.
 DATASETS: dict[str, Builder] = {
     'mnist_embedded': _mnist_embedded,
     'emnist': _emnist,
     'cifar10': _cifar(10),
     'cifar100': _cifar(100),
+    'synthetic': _synthetic(iid=False),
+    'synthetic_iid': _synthetic(iid=True),
 }
 
 
@@ -162,13 +225,16 @@ def build_federated_data(cfg: Any, seed: int) -> FederatedData:
   """Builds the dataset described by the ``data`` config section.
 
   Args:
-    cfg: The data config (see the module docstring).
-    seed: Non-negative run seed. The embedded-MNIST split and the partition
-      use independent seeds derived from it (:func:`derived_seed`); the
-      result is the same for the same `cfg` and `seed`.
+    cfg: The ``data`` settings (`data.settings.DataSettings`, see the module
+      docstring).
+    seed: Non-negative run seed. The embedded-MNIST split, the partition and
+      the synthetic generator use independent seeds derived from it
+      (:func:`derived_seed`); the result is the same for the same `cfg` and
+      `seed`.
 
   Returns:
-    The FederatedData; client examples are materialised on first access.
+    The FederatedData; client examples are materialised on first access
+    (generated on every access for ``synthetic*``).
 
   Raises:
     DataError: The name is unknown, a field is missing or invalid, or the

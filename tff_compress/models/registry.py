@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tff_compress.models import caldas
 from tff_compress.models import dense
+from tff_compress.models import linear
 from tff_compress.models import resnet
 
 ModelBuilder = Callable[..., tf.keras.Model]
@@ -15,6 +16,8 @@ ModelBuilder = Callable[..., tf.keras.Model]
 MODELS: dict[str, ModelBuilder] = {
     'caldas_cnn': caldas.build_caldas_cnn,
     'dense': dense.build_dense,
+    # Multinomial logistic regression (the synthetic data's model).
+    'logistic': linear.build_logistic,
     # FedGKT's networks (models/resnet.py): the edge ResNet-8 alone, and the
     # whole bottleneck ResNets (batch norm; use algorithm=fedavg_bn or
     # fedgkt, see config_lib).

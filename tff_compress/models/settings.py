@@ -17,4 +17,5 @@ class ModelSettings(s.Section):
       'caldas_cnn', s.registry_choice('tff_compress.models.registry',
                                       'MODELS'),
       'caldas_cnn (1.66 M params on MNIST), dense (small, for tests), '
-      'resnet8/20/56/110 (batch norm; fedgkt / fedavg_bn)')
+      'logistic (multinomial logistic regression, the synthetic data\'s '
+      'model), resnet8/20/56/110 (batch norm; fedgkt / fedavg_bn)')

@@ -96,12 +96,65 @@ class FederatedDataTest(parameterized.TestCase):
        r'labels 0..3 are outside 0..2'),
       ('pixel_range', lambda cid: (np.full((2, 4, 4, 1), 255, np.float32),
                                    np.zeros(2, np.int32)),
-       r'pixels 255.0..255.0 are outside \[0, 1\]'),
+       r'values 255.0..255.0 are outside \[0, 1\]'),
+      ('nan', lambda cid: (np.full((2, 4, 4, 1), np.nan, np.float32),
+                           np.zeros(2, np.int32)), r'non-finite'),
+      ('one_nan', lambda cid: (np.where(np.arange(32).reshape(2, 4, 4, 1) == 5,
+                                        np.nan, 0.5).astype(np.float32),
+                               np.zeros(2, np.int32)), r'non-finite'),
   )
   def test_bad_loader_output(self, loader, message):
     data, _, _ = _data(loader=loader)
     with self.assertRaisesRegex(DataError, message):
       data.client_arrays('client_0000')
+
+  def test_unbounded_features_accept_any_finite_value(self):
+    x = np.array([[-7.5], [1e6]], np.float32)
+    data, _, _ = _data(loader=lambda cid: (x, np.zeros(2, np.int32)),
+                       input_shape=(1,), test_x=x, test_y=np.zeros(2, np.int32),
+                       value_range=None)
+    np.testing.assert_array_equal(data.client_arrays('client_0000')[0], x)
+
+  @parameterized.parameters(np.inf, -np.inf, np.nan)
+  def test_unbounded_features_must_be_finite(self, bad):
+    x = np.array([[0.5], [bad]], np.float32)
+    data, _, _ = _data(loader=lambda cid: (x, np.zeros(2, np.int32)),
+                       input_shape=(1,), test_x=x[:1],
+                       test_y=np.zeros(1, np.int32), value_range=None)
+    with self.assertRaisesRegex(DataError, r"client 'client_0000': x has "
+                                r'non-finite values'):
+      data.client_arrays('client_0000')
+
+  def test_declared_range_other_than_unit_interval(self):
+    data, _, _ = _data(value_range=(-1, 1))
+    self.assertEqual(data.value_range, (-1.0, 1.0))
+    x = np.full((2, 4, 4, 1), -2, np.float32)
+    data, _, _ = _data(loader=lambda cid: (x, np.zeros(2, np.int32)),
+                       value_range=(-1, 1))
+    with self.assertRaisesRegex(DataError,
+                                r'values -2.0..-2.0 are outside \[-1, 1\]'):
+      data.client_arrays('client_0000')
+
+  def test_uncached_clients_are_reloaded_every_time(self):
+    data, arrays, calls = _data(cache_clients=False)
+    for _ in range(3):
+      x, _ = data.client_arrays('client_0000')
+      np.testing.assert_array_equal(x, arrays['client_0000'][0])
+    self.assertEqual(calls['client_0000'], 3)
+    # Sizes without client_sizes load each client once more, and keep none.
+    np.testing.assert_array_equal(data.sizes(), [5, 3])
+    self.assertEqual(calls['client_0000'], 4)
+
+  def test_sizes_vector(self):
+    data, _, calls = _data(sizes=(5, 3, 7),
+                           client_sizes={'client_0000': 5, 'client_0001': 3,
+                                         'client_0002': 7})
+    sizes = data.sizes()
+    np.testing.assert_array_equal(sizes, [5, 3, 7])
+    self.assertEqual(sizes.dtype, np.int64)
+    self.assertIs(data.sizes(), sizes)
+    self.assertFalse(sizes.flags.writeable)
+    self.assertEqual(sum(calls.values()), 0)
 
   def test_size_mismatch(self):
     data, _, _ = _data(client_sizes={'client_0000': 4, 'client_0001': 3})
@@ -118,6 +171,14 @@ class FederatedDataTest(parameterized.TestCase):
       ('empty_test', dict(test_x=np.zeros((0, 4, 4, 1), np.float32),
                           test_y=np.zeros(0, np.int32)),
        r'test split is empty'),
+      ('test_range', dict(test_x=np.full((4, 4, 4, 1), 2, np.float32)),
+       r'test split: values 2.0..2.0 are outside \[0, 1\]'),
+      ('inverted_range', dict(value_range=(1.0, 0.0)),
+       r'value_range=\(1.0, 0.0\) must be finite'),
+      ('infinite_range', dict(value_range=(0.0, np.inf)),
+       r'value_range=\(0.0, inf\) must be finite'),
+      ('three_bounds', dict(value_range=(0.0, 1.0, 2.0)),
+       r'value_range=\(0.0, 1.0, 2.0\) must be finite \(low, high\)'),
   )
   def test_invalid_construction(self, overrides, message):
     with self.assertRaisesRegex(DataError, message):
@@ -176,6 +237,22 @@ class MakeClientDatasetTest(parameterized.TestCase):
         x, y, batch_size=50, epochs=2, shuffle_seed=4)
     np.testing.assert_array_equal(np.concatenate(_collect(ds)[1]),
                                   np.concatenate(_collect(ds)[1]))
+
+  @parameterized.parameters((1, 1, 1), (10, 3, 1), (10, 3, 2), (7, 7, 3),
+                            (5, 8, 2), (13, 4, 3))
+  def test_same_batches_as_the_in_graph_builder(self, n, batch_size, epochs):
+    # Remote workers build client data with batches_in_order
+    # (runtime/feed.py); a run must see the same batches either way.
+    x, y = _arrays(n)
+    for seed in (0, 7, 2**31 - 2):
+      ours = _collect(federated_data.make_client_dataset(
+          x, y, batch_size=batch_size, epochs=epochs, shuffle_seed=seed))
+      order = federated_data.client_order(n, epochs, seed)
+      graph = _collect(federated_data.batches_in_order(x, y, order,
+                                                       batch_size))
+      self.assertEqual(len(ours[1]), len(graph[1]))
+      for got, want in zip(ours[0] + ours[1], graph[0] + graph[1]):
+        np.testing.assert_array_equal(got, want)
 
   def test_independent_of_tensorflow_global_seed(self):
     x, y = _arrays(20)

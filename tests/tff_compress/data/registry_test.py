@@ -27,7 +27,8 @@ class RegistryTest(parameterized.TestCase):
 
   def test_registered_names(self):
     self.assertEqual(sorted(registry.DATASETS),
-                     ['cifar10', 'cifar100', 'emnist', 'mnist_embedded'])
+                     ['cifar10', 'cifar100', 'emnist', 'mnist_embedded',
+                      'synthetic', 'synthetic_iid'])
 
   @parameterized.parameters('iid', 'dirichlet', 'shards')
   def test_mnist_embedded(self, partition_name):
@@ -115,7 +116,8 @@ class RegistryTest(parameterized.TestCase):
     with self.assertRaisesRegex(
         federated_data.DataError,
         r"data.name='svhn' is not one of "
-        r"\['cifar10', 'cifar100', 'emnist', 'mnist_embedded'\]"):
+        r"\['cifar10', 'cifar100', 'emnist', 'mnist_embedded', 'synthetic', "
+        r"'synthetic_iid'\]"):
       registry.build_federated_data(_cfg(name='svhn'), seed=0)
 
   def test_unknown_partition(self):
