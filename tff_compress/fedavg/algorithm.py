@@ -147,7 +147,7 @@ class FedAvg(algorithm_lib.Algorithm):
         f'data {d.name}: {len(d.client_ids)} clients, {sum(self._sizes)} '
         f'train / {len(d.test_y)} test examples | model '
         f'{self._settings.model.name}: {task.num_params:,} params, '
-        f'{task.train_flops_per_example / 1e6:.2f} MFLOPs/example to train']
+        f'{task.train_flops_per_example / 1e6:.3g} MFLOPs/example to train']
     if self.tiered:
       lines.extend(tier_metrics.describe(self.training, self.task,
                                          self._ts.tiers))
