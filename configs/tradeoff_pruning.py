@@ -18,6 +18,10 @@ from tff_compress import tradeoff_lib
 
 SCHEDULE = {'pruning.begin_round': 1, 'pruning.end_round': 10,
             'pruning.frequency': 3}
+# The dense model only takes off around round 9 here: a mask ranked by the
+# magnitudes of a model that has learned something.
+LATE = {'pruning.begin_round': 8, 'pruning.end_round': 14,
+        'pruning.frequency': 3}
 
 
 def get_config():
@@ -33,4 +37,6 @@ def get_config():
                                **SCHEDULE})
   c.grids.units = grid({'pruning.target': 0.5, 'pruning.structure': 'units',
                         **SCHEDULE})
+  c.grids.late = grid({'pruning.target': (0.5, 0.75, 0.9),
+                       'pruning.structure': 'unstructured', **LATE})
   return c
