@@ -2,15 +2,18 @@
 
 On the embedded task (configs/caldas_mnist.py: Caldas CNN, 50 non-IID
 clients, 10 per round), 20 rounds, seed 0 (a reduced setting: the
-measurement machine has 2 shared cores and a round costs ~12 s there):
+measurement machine has 2 shared cores, loaded: a round cost 6-45 s):
   baseline:      the dense model (no pruning); one-shot export pruning
                  (mobile_export --prune_sparsity=S) is applied to its run
   unstructured:  every Conv2D/Dense kernel magnitude-pruned on the server to
-                 50 %, 75 % or 90 % of its weights along tfmot's cubic
-                 PolynomialDecay, mask updates at rounds 1 (0 %), 4, 7 and
-                 10 (target), then 10 rounds under the final mask
+                 50 %, 75 % or 90 % sparsity along tfmot's cubic
+                 PolynomialDecay (begin 1, end 10): mask updates at rounds
+                 4, 7 and 10, then 10 rounds under the final mask
   units:         the same schedule removing 50 % of the conv filters and
                  dense units (clients train a smaller model)
+  late:          unstructured 50 %, 75 %, 90 % with mask updates at rounds
+                 11 and 14 (begin 8, end 14), then 6 rounds under the final
+                 mask: ranked by the magnitudes of a model that has learned
 Results: docs/results/pruning/ and docs/BENCHMARKS.md ("Federated pruning").
 """
 
