@@ -1,0 +1,45 @@
+"""Federated pruning sweep: accuracy vs sparsity against the dense model.
+
+On the embedded task (configs/caldas_mnist.py: Caldas CNN, 50 non-IID
+clients, 10 per round), 20 rounds, seed 0 (a reduced setting: the
+measurement machine has 2 shared cores, loaded: a round cost 6-45 s):
+  baseline:      the dense model (no pruning); one-shot export pruning
+                 (mobile_export --prune_sparsity=S) is applied to its run
+  unstructured:  every Conv2D/Dense kernel magnitude-pruned on the server to
+                 50 %, 75 % or 90 % sparsity along tfmot's cubic
+                 PolynomialDecay (begin 1, end 10): mask updates at rounds
+                 4, 7 and 10, then 10 rounds under the final mask
+  units:         the same schedule removing 50 % of the conv filters and
+                 dense units (clients train a smaller model)
+  late:          unstructured 50 %, 75 %, 90 % with mask updates at rounds
+                 11 and 14 (begin 8, end 14), then 6 rounds under the final
+                 mask: ranked by the magnitudes of a model that has learned
+Results: docs/results/pruning/ and docs/BENCHMARKS.md ("Federated pruning").
+"""
+
+from tff_compress import tradeoff_lib
+
+SCHEDULE = {'pruning.begin_round': 1, 'pruning.end_round': 10,
+            'pruning.frequency': 3}
+# The dense model only takes off around round 9 here: a mask ranked by the
+# magnitudes of a model that has learned something.
+LATE = {'pruning.begin_round': 8, 'pruning.end_round': 14,
+        'pruning.frequency': 3}
+
+
+def get_config():
+  c = tradeoff_lib.default_sweep_config()
+  c.name = 'tradeoff_pruning'
+  c.base = 'configs/caldas_mnist.py'
+  c.rounds = 20
+  c.seeds = (0,)
+  c.parallel = 2
+  grid = tradeoff_lib.grid
+  c.grids.unstructured = grid({'pruning.target': (0.5, 0.75, 0.9),
+                               'pruning.structure': 'unstructured',
+                               **SCHEDULE})
+  c.grids.units = grid({'pruning.target': 0.5, 'pruning.structure': 'units',
+                        **SCHEDULE})
+  c.grids.late = grid({'pruning.target': (0.5, 0.75, 0.9),
+                       'pruning.structure': 'unstructured', **LATE})
+  return c
