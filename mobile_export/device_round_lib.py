@@ -81,6 +81,14 @@ class DeviceRounds:
     self.run_dir = run_dir
     self.config = config
     self.settings = config_lib.settings(config)
+    if self.settings.tiers.active:
+      # The server would broadcast the full model to every slot, whatever
+      # the phone's tier: a low-tier phone would get a model it cannot run.
+      raise DeviceRoundError(
+          f'{run_dir} is a device-tier run (tiers.mix='
+          f'{self.settings.tiers.mix!r}): its tiers are exported '
+          '(//mobile_export:export, tflite/tier_<name>/) but device rounds '
+          'of tiered runs are not supported yet')
     self.data = data_registry.build_federated_data(
         self.settings.data, seed=self.settings.run.seed)
     self.model = export_lib.build_keras_model(

@@ -4,7 +4,8 @@
   ./bazelw run //mobile_export:export -- --run_dir=runs/X --prune_sparsity=0.5
 
 Writes <run_dir>/tflite/{trainer.tflite, inference.tflite, manifest.json}
-(or --out_dir). A missing or unusable run directory is a one-line error
+(or --out_dir), and for a run with device tiers (tiers.mix) the same three
+files of each tier's model in tflite/tier_<name>/. A missing or unusable run directory is a one-line error
 (exit status 2).
 """
 

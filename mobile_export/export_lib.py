@@ -16,15 +16,21 @@ Library code: no flags. `export.py` parses flags and calls :func:`export`.
   round's steps (`round.steps`), the payload layout of every
   broadcast/update entry, codec settings, submodel shapes, ops used,
   whether Flex is needed, file sizes and measured accuracies.
+* Device tiers (`tiers.mix`): the same three files per tier in
+  `tier_<name>/`, of the tier's model (its widths and activation scales,
+  holding the units a phone of the tier deploys): the tier's phones train
+  its trainer.tflite and run its inference.tflite. The top manifest.json
+  lists the tiers (`tiers`: widths, folder, sizes, parameters, accuracies).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import time
-from typing import Optional, TextIO
+from typing import Any, Optional, TextIO
 
 import ml_collections
 import numpy as np
@@ -38,6 +44,8 @@ from tff_compress.data import registry as data_registry
 from tff_compress.dropout import submodel as submodel_lib
 from tff_compress.models import registry as model_registry
 from tff_compress.program import run_dir as run_dir_lib
+from tff_compress.tiers import settings as tier_settings
+from tff_compress.tiers import slicing as tier_slicing
 
 # 2: `train` takes 1..max_batch_size rows (format 1: exactly batch_size).
 MANIFEST_FORMAT = 2
@@ -263,12 +271,132 @@ def prune(keras_model: tf.keras.Model, sparsity: float,
   return tfmot.sparsity.keras.strip_pruning(pruned)
 
 
+@dataclasses.dataclass(frozen=True)
+class DeviceModel:
+  """One class of phones: the model it trains and the model it runs.
+
+  Attributes:
+    trainer_model: The Keras architecture the phone trains (trainer.tflite).
+    trainer_weights: Its initial weights, Keras order.
+    inference_model: The Keras model the phone deploys, weights set
+      (inference.tflite is its int8 quantization).
+    submodel: manifest.json's `submodel` entry.
+  """
+
+  trainer_model: tf.keras.Model
+  trainer_weights: list
+  inference_model: tf.keras.Model
+  submodel: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+  """What every device model of one run is exported with."""
+
+  run_dir: str
+  config: ml_collections.ConfigDict
+  data: Any  # federated_data.FederatedData
+  settings: trainer_lib.TrainerSettings
+  max_batch_size: int
+  calibration: np.ndarray
+  prune_sparsity: float
+  allow_flex: bool
+  out: TextIO
+
+
+def _run_device_model(config, data, full_model: tf.keras.Model,
+                      weights: list) -> DeviceModel:
+  """The full model, or the Federated Dropout submodel (`dropout.*`).
+
+  With dropout, clients train the submodel (with the simulation's
+  activation scales); its initial weights are the first k units of each
+  layer, and every round's broadcast replaces them with that client's
+  submodel. Phones deploy the full model.
+  """
+  plan = dropout_plan(config, full_model)
+  if plan is None:
+    trainer_model, trainer_weights = full_model, weights
+  else:
+    trainer_model = build_keras_model(
+        config, data.input_shape, data.num_classes, plan.widths,
+        plan.scales if config.dropout.rescale else None)
+    first_k = {l: tf.range(k, dtype=tf.int32) for l, k in plan.widths.items()}
+    trainer_weights = [np.asarray(w) for w in plan.gather(weights, first_k)]
+  return DeviceModel(
+      trainer_model, trainer_weights, full_model,
+      {'federated_dropout': plan is not None,
+       'widths': plan.widths if plan is not None else {},
+       'scales': (plan.scales if plan is not None and config.dropout.rescale
+                  else {}),
+       'full_model_shapes': [list(w.shape) for w in weights]})
+
+
+def tier_device_models(config, data, full_model: tf.keras.Model,
+                       weights: list) -> list[tuple[tier_settings.Tier,
+                                                    DeviceModel]]:
+  """Per tier of `tiers.mix`: the model its phones train and deploy.
+
+  The simulation's tier model (`fedavg/process.build_tiered_training`):
+  the registry's model at the tier's widths k = ⌈p n⌉, with the activation
+  scales n/k when `tiers.rescale`, holding the units a phone of the tier
+  deploys (`tiers/slicing.deployed_units`: the first k under nested
+  slicing, the round-0 mask under random slicing) cut from the run's final
+  weights. A tier phone trains from and deploys that same model.
+
+  Raises:
+    ExportError: The model cannot be sliced for a tier, or it has weights
+      the tier slicing does not cover.
+  """
+  tiers = config_lib.settings(config).tiers
+  trainable = [w for w, v in zip(weights, full_model.weights) if v.trainable]
+  fixed = [w for w, v in zip(weights, full_model.weights) if not v.trainable]
+  out = []
+  for tier in tiers.tiers:
+    try:
+      plan = tier_slicing.tier_plan(full_model, tier)
+    except submodel_lib.SubmodelError as e:
+      raise ExportError(str(e)) from e
+    scales = plan.scales if tiers.rescale else {}
+    model = build_keras_model(config, data.input_shape, data.num_classes,
+                              plan.widths, scales)
+    units = tier_slicing.deployed_units(tiers.slicing, plan, config.seed)
+    sliced = iter(tier_slicing.deployed_weights(plan, units, trainable))
+    kept = iter(fixed)
+    tier_weights = [np.asarray(next(sliced) if v.trainable else next(kept))
+                    for v in model.weights]
+    want = [tuple(v.shape) for v in model.weights]
+    if [w.shape for w in tier_weights] != want:
+      raise ExportError(
+          f'tier {tier.name!r}: the sliced weights do not fit model '
+          f'{config.model.name!r} at widths {plan.widths} (non-trainable '
+          'weights are not sliced)')
+    model.set_weights(tier_weights)
+    out.append((tier, DeviceModel(
+        model, tier_weights, model,
+        {'federated_dropout': False,
+         'widths': plan.widths,
+         'scales': scales,
+         'full_model_shapes': [list(w.shape) for w in weights],
+         'tier': {'name': tier.name, 'share': tier.share,
+                  'width': tier.width, 'per_layer': dict(tier.per_layer)},
+         'slicing': tiers.slicing,
+         'deployed_units': {l: [int(i) for i in np.asarray(u)]
+                            for l, u in units.items()}})))
+  return out
+
+
 def export(run_dir: str, out_dir: Optional[str] = None,
            prune_sparsity: float = 0.0, allow_flex: bool = True,
            calibration_examples: int = 256,
            out: TextIO = sys.stdout,
            max_batch_size: Optional[int] = None) -> dict:
   """Exports a run directory; returns the manifest (also written).
+
+  Writes trainer.tflite, inference.tflite and manifest.json of the run's
+  client (the full model, or the Federated Dropout submodel) to `out_dir`;
+  with device tiers (`tiers.mix`) also, per tier, the same three files of
+  the tier's model to `out_dir/tier_<name>/`, and the top manifest's
+  `tiers` lists them.
 
   Args:
     run_dir: A finished run directory (config.json, final_weights.npz).
@@ -301,19 +429,9 @@ def export(run_dir: str, out_dir: Optional[str] = None,
         f'final_weights.npz holds shapes {got}, but model '
         f'{config.model.name!r} of this config has {want}')
   full_model.set_weights(weights)
-  plan = dropout_plan(config, full_model)
-  widths = plan.widths if plan is not None else {}
-  if plan is not None:
-    # Clients train the submodel (with the simulation's activation scales).
-    # Its initial weights are the first k units of each layer; every
-    # round's broadcast replaces them with that client's submodel.
-    device_model = build_keras_model(
-        config, data.input_shape, data.num_classes, widths,
-        plan.scales if config.dropout.rescale else None)
-    first_k = {l: tf.range(k, dtype=tf.int32) for l, k in widths.items()}
-    device_weights = [np.asarray(w) for w in plan.gather(weights, first_k)]
-  else:
-    device_model, device_weights = full_model, weights
+  device = _run_device_model(config, data, full_model, weights)
+  tiers = (tier_device_models(config, data, full_model, weights)
+           if config_lib.settings(config).tiers.active else [])
 
   settings = trainer_lib.TrainerSettings.of(config_lib.settings(config))
   if max_batch_size is None:
@@ -323,38 +441,80 @@ def export(run_dir: str, out_dir: Optional[str] = None,
         f'--max_batch_size={max_batch_size} is below the run\'s '
         f'client.batch_size={settings.batch_size}: a phone could not train '
         'the run\'s batches')
+  rng = np.random.default_rng(config.seed)
+  pool = []
+  for client in rng.permutation(len(data.client_ids))[:20]:
+    pool.append(data.client_arrays(data.client_ids[client])[0])
+  pool = np.concatenate(pool)
+  context = _Context(
+      run_dir=run_dir, config=config, data=data, settings=settings,
+      max_batch_size=int(max_batch_size),
+      calibration=pool[rng.permutation(len(pool))[:calibration_examples]],
+      prune_sparsity=prune_sparsity, allow_flex=allow_flex, out=out)
+  manifest = _export_device_model(device, context, out_dir)
+  if tiers:
+    manifest['tiers'] = []
+    for tier, tier_device in tiers:
+      folder = f'tier_{tier.name}'
+      print(f'tier {tier.describe()}:', file=out, flush=True)
+      tier_manifest = _export_device_model(
+          tier_device, context, os.path.join(out_dir, folder))
+      manifest['tiers'].append({
+          'name': tier.name, 'share': tier.share, 'width': tier.width,
+          'per_layer': dict(tier.per_layer),
+          'widths': tier_manifest['submodel']['widths'],
+          'folder': folder,
+          'params': tier_manifest['params'],
+          'files': tier_manifest['files'],
+          'float_accuracy': tier_manifest['inference']['float_accuracy'],
+          'int8_accuracy': tier_manifest['inference']['int8_accuracy'],
+      })
+    run_dir_lib.write_json(os.path.join(out_dir, 'manifest.json'), manifest)
+  print(f'exported {run_dir} in {time.monotonic() - t0:.0f} s', file=out,
+        flush=True)
+  return manifest
+
+
+def _export_device_model(device: DeviceModel, context: _Context,
+                        out_dir: str) -> dict:
+  """Writes one device model's trainer.tflite, inference.tflite and
+  manifest.json to `out_dir`; returns the manifest.
+
+  Raises:
+    ExportError: A layer has no builtin backward pass and Flex is not
+      allowed.
+  """
+  config, data, settings = context.config, context.data, context.settings
+  out = context.out
   try:
-    trainer = trainer_lib.build_trainer(device_model, device_weights,
-                                        settings, allow_flex=allow_flex)
+    trainer = trainer_lib.build_trainer(
+        device.trainer_model, device.trainer_weights, settings,
+        allow_flex=context.allow_flex)
   except layers_lib.UnsupportedLayerError as e:
     raise ExportError(f'{e}; pass --allow_flex to export a Flex trainer') from e
   if trainer.uses_flex:
     print('WARNING: model has a layer without a builtin backward pass; '
           'trainer.tflite NEEDS THE FLEX DELEGATE (see manifest.json)',
           file=out, flush=True)
-  print(f'converting the trainer ({config.model.name}, '
-        f'{sum(w.size for w in device_weights):,} parameters) ...',
-        file=out, flush=True)
+  params = int(sum(w.size for w in device.trainer_weights))
+  print(f'converting the trainer ({config.model.name}, {params:,} '
+        'parameters) ...', file=out, flush=True)
   trainer_bytes = convert.convert_trainer(trainer)
   ops = convert.ops_used(trainer_bytes)
 
-  # Inference: int8 PTQ of the full model (optionally pruned first).
-  rng = np.random.default_rng(config.seed)
-  pool = []
-  for client in rng.permutation(len(data.client_ids))[:20]:
-    pool.append(data.client_arrays(data.client_ids[client])[0])
-  pool = np.concatenate(pool)
-  calibration = pool[rng.permutation(len(pool))[:calibration_examples]]
+  # Inference: int8 PTQ of the deployed model (optionally pruned first).
+  calibration = context.calibration
   test_x, test_y = data.test_x, data.test_y
-  float_acc = _accuracy_keras(full_model, test_x, test_y)
-  inference_keras = full_model
+  float_acc = _accuracy_keras(device.inference_model, test_x, test_y)
+  inference_keras = device.inference_model
   pruning = None
-  if prune_sparsity > 0:
-    inference_keras = prune(full_model, prune_sparsity, calibration)
+  if context.prune_sparsity > 0:
+    inference_keras = prune(device.inference_model, context.prune_sparsity,
+                            calibration)
     kernels = [w for w in inference_keras.weights if len(w.shape) > 1]
     zeros = sum(int(np.sum(w.numpy() == 0)) for w in kernels)
     pruning = {
-        'target_sparsity': prune_sparsity,
+        'target_sparsity': context.prune_sparsity,
         'kernel_sparsity': zeros / sum(int(np.prod(w.shape))
                                        for w in kernels),
         'float_accuracy': _accuracy_keras(inference_keras, test_x, test_y),
@@ -371,31 +531,29 @@ def export(run_dir: str, out_dir: Optional[str] = None,
   for name, blob in files.items():
     with open(os.path.join(out_dir, name), 'wb') as f:
       f.write(blob)
-  float_bytes = int(sum(w.nbytes for w in device_weights))
-  shapes = [tuple(w.shape) for w in device_weights]
-  names = [w.name for w in device_model.weights]
+  float_bytes = int(sum(w.nbytes for w in device.trainer_weights))
+  shapes = [tuple(w.shape) for w in device.trainer_weights]
+  names = [w.name for w in device.trainer_model.weights]
   flex = convert.flex_ops(ops)
+  max_batch_size = context.max_batch_size
   manifest = {
       'format': MANIFEST_FORMAT,
-      'run_dir': os.path.abspath(run_dir),
+      'run_dir': os.path.abspath(context.run_dir),
       'config_name': config.name,
       'model': config.model.name,
       'input_shape': list(data.input_shape),
       'num_classes': int(data.num_classes),
       'seed': int(config.seed),
       'batch_size': settings.batch_size,
-      'max_batch_size': int(max_batch_size),
+      'max_batch_size': max_batch_size,
       'epochs': int(config.client.epochs),
       'optimizer': {'name': 'sgdm' if settings.momentum else 'sgd',
                     'learning_rate': settings.learning_rate,
                     'momentum': settings.momentum},
       'weights': [{'param': f'a{i}', 'name': n, 'shape': list(s)}
                   for i, (n, s) in enumerate(zip(names, shapes))],
-      'submodel': {'federated_dropout': plan is not None,
-                   'widths': widths,
-                   'scales': (plan.scales if plan is not None and
-                              config.dropout.rescale else {}),
-                   'full_model_shapes': [list(w.shape) for w in weights]},
+      'params': params,
+      'submodel': device.submodel,
       'codecs': {
           'broadcast': _codec_json(settings.broadcast),
           'uplink': _codec_json(settings.uplink),
@@ -434,9 +592,9 @@ def export(run_dir: str, out_dir: Optional[str] = None,
         f'{"FLEX NEEDED" if flex else "builtin ops only"}), '
         f'inference.tflite {len(int8_bytes):,} B; test accuracy float '
         f'{float_acc:.4f} int8 {int8_acc:.4f}'
-        + (f' (pruned {prune_sparsity:.0%}: float '
-           f'{pruning["float_accuracy"]:.4f})' if pruning else '')
-        + f' | {time.monotonic() - t0:.0f} s', file=out, flush=True)
+        + (f' (pruned {context.prune_sparsity:.0%}: float '
+           f'{pruning["float_accuracy"]:.4f})' if pruning else ''),
+        file=out, flush=True)
   return manifest
 
 
