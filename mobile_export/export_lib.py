@@ -44,6 +44,7 @@ from tff_compress.data import registry as data_registry
 from tff_compress.dropout import submodel as submodel_lib
 from tff_compress.models import registry as model_registry
 from tff_compress.program import run_dir as run_dir_lib
+from tff_compress.pruning import compact as compact_lib
 from tff_compress.tiers import settings as tier_settings
 from tff_compress.tiers import slicing as tier_slicing
 
@@ -304,7 +305,7 @@ class _Context:
   out: TextIO
 
 
-def _run_device_model(config, data, full_model: tf.keras.Model,
+def run_device_model(config, data, full_model: tf.keras.Model,
                       weights: list) -> DeviceModel:
   """The full model, or the Federated Dropout submodel (`dropout.*`).
 
@@ -322,13 +323,22 @@ def _run_device_model(config, data, full_model: tf.keras.Model,
         plan.scales if config.dropout.rescale else None)
     first_k = {l: tf.range(k, dtype=tf.int32) for l, k in plan.widths.items()}
     trainer_weights = [np.asarray(w) for w in plan.gather(weights, first_k)]
-  return DeviceModel(
-      trainer_model, trainer_weights, full_model,
-      {'federated_dropout': plan is not None,
-       'widths': plan.widths if plan is not None else {},
-       'scales': (plan.scales if plan is not None and config.dropout.rescale
-                  else {}),
-       'full_model_shapes': [list(w.shape) for w in weights]})
+  submodel = {'federated_dropout': plan is not None,
+              'widths': plan.widths if plan is not None else {},
+              'scales': (plan.scales if plan is not None and
+                         config.dropout.rescale else {}),
+              'full_model_shapes': [list(w.shape) for w in weights]}
+  deployed = full_model
+  if config.pruning.target > 0 and config.pruning.structure == 'units':
+    # Pruned units output exactly 0: phones deploy the smaller model
+    # without them (same logits), not the full shapes full of zeros.
+    widths, compact_weights = compact_lib.compact(
+        full_model, [np.asarray(w) for w in full_model.trainable_weights])
+    deployed = build_keras_model(config, data.input_shape, data.num_classes,
+                                 widths)
+    deployed.set_weights(compact_weights)
+    submodel['deployed_widths'] = widths
+  return DeviceModel(trainer_model, trainer_weights, deployed, submodel)
 
 
 def tier_device_models(config, data, full_model: tf.keras.Model,
@@ -429,7 +439,7 @@ def export(run_dir: str, out_dir: Optional[str] = None,
         f'final_weights.npz holds shapes {got}, but model '
         f'{config.model.name!r} of this config has {want}')
   full_model.set_weights(weights)
-  device = _run_device_model(config, data, full_model, weights)
+  device = run_device_model(config, data, full_model, weights)
   tiers = (tier_device_models(config, data, full_model, weights)
            if config_lib.settings(config).tiers.active else [])
 

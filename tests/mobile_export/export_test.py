@@ -16,6 +16,7 @@ from mobile_export import export_lib
 from mobile_export import layers
 from mobile_export import trainer as trainer_lib
 from tests.mobile_export import device_testing
+from tests.tff_compress import run_utils
 from tff_compress import config_lib
 from tff_compress.models import registry as model_registry
 
@@ -157,6 +158,34 @@ def _logits(model, weights, x):
   clone = tf.keras.models.clone_model(model)
   clone.set_weights(weights)
   return clone(x)
+
+
+
+class PrunedUnitsExportTest(absltest.TestCase):
+
+  def test_a_units_pruned_run_deploys_the_smaller_model(self):
+    cfg = run_utils.smoke_config(**{
+        'pruning.target': 0.5, 'pruning.structure': 'units',
+        'pruning.end_round': 3, 'pruning.frequency': 1})
+    model = model_registry.build_model('dense', (28, 28, 1), 10)
+    weights = [w.numpy() for w in model.weights]
+    # dense1 (64 units): 40 units pruned, their incoming weights and biases 0.
+    weights[0][:, 24:] = 0
+    weights[1][24:] = 0
+    model.set_weights(weights)
+
+    class _Data:
+      input_shape, num_classes = (28, 28, 1), 10
+
+    device = export_lib.run_device_model(cfg, _Data(), model, weights)
+    self.assertEqual(device.submodel['deployed_widths'], {'dense1': 24})
+    self.assertEqual(
+        sum(int(np.prod(w.shape)) for w in device.inference_model.weights),
+        784 * 24 + 24 + 24 * 10 + 10)
+    self.assertIs(device.trainer_model, model)  # phones train full shapes
+    x = np.random.default_rng(0).random((16, 28, 28, 1), np.float32)
+    np.testing.assert_allclose(device.inference_model(x).numpy(),
+                               model(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
 if __name__ == '__main__':
