@@ -30,12 +30,11 @@ knows it (so, unlike everything else, DP runs are not bit-reproducible).
 
 from __future__ import annotations
 
-import collections
-
 import tensorflow as tf
 import tensorflow_federated as tff
 import tensorflow_privacy as tfp
 
+from tff_compress.learning import client_works
 from tff_compress.privacy import settings
 
 _loss = tf.keras.losses.SparseCategoricalCrossentropy(
@@ -154,19 +153,5 @@ def build_dpsgd_client_work(
                                                 update_weight=weight),
             metrics)
 
-  @tff.federated_computation()
-  def init_fn():
-    return tff.federated_value((), tff.SERVER)
-
-  @tff.federated_computation(
-      init_fn.type_signature.result,
-      tff.FederatedType(model_weights_type, tff.CLIENTS),
-      tff.FederatedType(data_type, tff.CLIENTS))
-  def next_fn(state, weights, data):
-    result, local_metrics = tff.federated_map(client_update, (weights, data))
-    return tff.templates.MeasuredProcessOutput(
-        state=state, result=result,
-        measurements=tff.federated_zip(collections.OrderedDict(
-            train=metrics_aggregation_fn(local_metrics))))
-
-  return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
+  return client_works.stateless_client_work(
+      client_update, model_weights_type, data_type, metrics_aggregation_fn)
