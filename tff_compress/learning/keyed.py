@@ -44,6 +44,7 @@ from tff_compress.encoders import chain as chain_lib
 from tff_compress.encoders import settings as codec_settings
 from tff_compress.encoders import structure
 from tff_compress.learning import aggregators
+from tff_compress.learning import algorithm_state
 from tff_compress.learning import counters
 
 LearningAlgorithmState = tff.learning.templates.LearningAlgorithmState
@@ -503,15 +504,8 @@ def compose_keyed_learning_process(
 
   state_type = init_fn.type_signature.result.member
 
-  @tff.tensorflow.computation(state_type)
-  def get_model_weights(state):
-    return state.global_model_weights
-
-  @tff.tensorflow.computation(state_type, state_type.global_model_weights)
-  def set_model_weights(state, weights):
-    return LearningAlgorithmState(weights, state.distributor,
-                                  state.client_work, state.aggregator,
-                                  state.finalizer)
+  get_model_weights, set_model_weights = algorithm_state.weights_accessors(
+      state_type)
 
   return tff.learning.templates.LearningProcess(
       init_fn, next_fn, get_model_weights, set_model_weights)

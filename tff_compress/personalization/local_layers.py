@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_compress.learning import algorithm_state
 from tff_compress.personalization import layers as layers_lib
 
 LearningAlgorithmState = tff.learning.templates.LearningAlgorithmState
@@ -291,15 +292,8 @@ def compose_local_layers_process(
 
   state_type = init_fn.type_signature.result.member
 
-  @tff.tensorflow.computation(state_type)
-  def get_model_weights(state):
-    return state.global_model_weights
-
-  @tff.tensorflow.computation(state_type, state_type.global_model_weights)
-  def set_model_weights(state, weights):
-    return LearningAlgorithmState(weights, state.distributor,
-                                  state.client_work, state.aggregator,
-                                  state.finalizer)
+  get_model_weights, set_model_weights = algorithm_state.weights_accessors(
+      state_type)
 
   return LocalLayersProcess(init_fn, next_fn, get_model_weights,
                             set_model_weights, split)
