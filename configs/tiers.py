@@ -12,22 +12,16 @@ metrics.csv, `tier_accuracy` in summary.json). Measured in
 docs/BENCHMARKS.md ("Device tiers").
 """
 
+import os
+
 from tff_compress import config_lib
 
 
 def get_config():
-  config = config_lib.default_config()
+  config = config_lib.load_config_file(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                   'caldas_mnist.py'))
   config.name = 'tiers'
-  config.rounds = 50
-  config.clients_per_round = 10
-  config.eval_every = 5
-  config.model.name = 'caldas_cnn'
-  config.client.learning_rate = 0.02
-  config.client.epochs = 1
-  config.client.batch_size = 20
-  config.server.optimizer = 'sgd'
-  config.server.learning_rate = 1.0
-  config.server.momentum = 0.9
   config.tiers.mix = 'high:1:1.0, mid:1:0.5, low:1:0.25'
   config.tiers.slicing = 'nested'
   return config
