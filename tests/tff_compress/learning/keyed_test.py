@@ -96,41 +96,6 @@ def _expected_update(plan, sizes, before, skip=()):
           for s, c in zip(num, den)], den
 
 
-def _handmade_client_work(sub_weights_type, data_type, nan_size=-1):
-  """Update = (client's example count) in every coordinate, weight = count.
-
-  A client with exactly `nan_size` examples sends NaN instead.
-  """
-
-  @tff.tensorflow.computation(data_type)
-  def count(dataset):
-    return dataset.reduce(tf.constant(0.0), lambda n, b: n + tf.cast(
-        tf.shape(b['y'])[0], tf.float32))
-
-  @tff.tensorflow.computation(sub_weights_type.trainable, np.float32)
-  def fill(like, n):
-    v = tf.where(tf.equal(n, float(nan_size)), float('nan'), n)
-    return tf.nest.map_structure(lambda t: tf.fill(tf.shape(t), v), like)
-
-  @tff.federated_computation()
-  def init():
-    return tff.federated_value((), tff.SERVER)
-
-  @tff.federated_computation(
-      init.type_signature.result,
-      tff.FederatedType(sub_weights_type, tff.CLIENTS),
-      tff.FederatedType(data_type, tff.CLIENTS))
-  def next_fn(state, weights, data):
-    n = tff.federated_map(count, data)
-    update = tff.federated_map(fill, (weights.trainable, n))
-    return tff.templates.MeasuredProcessOutput(
-        state, tff.federated_zip(
-            tff.learning.templates.ClientResult(update, n)),
-        tff.federated_value((), tff.SERVER))
-
-  return tff.learning.templates.ClientWorkProcess(init, next_fn)
-
-
 def _flat(weights):
   return [np.asarray(w) for w in tf.nest.flatten(weights)]
 
@@ -141,7 +106,7 @@ class DropoutProcessTest(absltest.TestCase):
     """u_j = sum_i n_i m_ij n_i / sum_i n_i m_ij; untrained keep their value."""
     task = _task()
     plan = process.dropout_plan(run_utils.training(_cfg(keep=0.4)), task)
-    lp = _handmade_process(task, plan, _handmade_client_work)
+    lp = _handmade_process(task, plan, learning_testing.count_client_work)
     sizes = [3, 10, 5]
     before, after, out = _one_round(lp, sizes)
 
@@ -284,7 +249,7 @@ class DropoutProcessTest(absltest.TestCase):
     plan = process.dropout_plan(run_utils.training(_cfg(keep=0.5)), task)
     lp = _handmade_process(
         task, plan,
-        lambda s, d: _handmade_client_work(s, d, nan_size=10),
+        lambda s, d: learning_testing.count_client_work(s, d, nan_size=10),
         wrap=lambda mean: aggregators.zeroing(1e6, mean))
     sizes = [3, 10, 5]
     before, after, out = _one_round(lp, sizes)

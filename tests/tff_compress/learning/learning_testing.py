@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
 
 from tff_compress.data import federated_data
 from tff_compress.learning import task as task_lib
@@ -35,3 +37,39 @@ def random_datasets(sizes, seed: int = 0):
     out.append(federated_data.make_client_dataset(
         x, y, batch_size=8, epochs=1, shuffle_seed=i))
   return out
+
+
+def count_client_work(sub_weights_type, data_type, nan_size: int = -1):
+  """A client work whose update is the client's example count n in every
+  coordinate, with weight n, so aggregated means are known by hand.
+
+  A client with exactly `nan_size` examples sends NaN instead.
+  """
+
+  @tff.tensorflow.computation(data_type)
+  def count(dataset):
+    return dataset.reduce(tf.constant(0.0), lambda n, b: n + tf.cast(
+        tf.shape(b['y'])[0], tf.float32))
+
+  @tff.tensorflow.computation(sub_weights_type.trainable, np.float32)
+  def fill(like, n):
+    v = tf.where(tf.equal(n, float(nan_size)), float('nan'), n)
+    return tf.nest.map_structure(lambda t: tf.fill(tf.shape(t), v), like)
+
+  @tff.federated_computation()
+  def init():
+    return tff.federated_value((), tff.SERVER)
+
+  @tff.federated_computation(
+      init.type_signature.result,
+      tff.FederatedType(sub_weights_type, tff.CLIENTS),
+      tff.FederatedType(data_type, tff.CLIENTS))
+  def next_fn(state, weights, data):
+    n = tff.federated_map(count, data)
+    update = tff.federated_map(fill, (weights.trainable, n))
+    return tff.templates.MeasuredProcessOutput(
+        state, tff.federated_zip(
+            tff.learning.templates.ClientResult(update, n)),
+        tff.federated_value((), tff.SERVER))
+
+  return tff.learning.templates.ClientWorkProcess(init, next_fn)

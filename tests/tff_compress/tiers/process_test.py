@@ -44,36 +44,6 @@ def _task(hidden=(12, 8)) -> task_lib.Task:
                        flops.training_flops_per_example(probe), builder)
 
 
-def _count_client_work(sub_weights_type, data_type):
-  """Update = the client's example count n in every coordinate, weight n."""
-
-  @tff.tensorflow.computation(data_type)
-  def count(dataset):
-    return dataset.reduce(tf.constant(0.0), lambda n, b: n + tf.cast(
-        tf.shape(b['y'])[0], tf.float32))
-
-  @tff.tensorflow.computation(sub_weights_type.trainable, np.float32)
-  def fill(like, n):
-    return tf.nest.map_structure(lambda t: tf.fill(tf.shape(t), n), like)
-
-  @tff.federated_computation()
-  def init():
-    return tff.federated_value((), tff.SERVER)
-
-  @tff.federated_computation(
-      init.type_signature.result,
-      tff.FederatedType(sub_weights_type, tff.CLIENTS),
-      tff.FederatedType(data_type, tff.CLIENTS))
-  def next_fn(state, weights, data):
-    n = tff.federated_map(count, data)
-    return tff.templates.MeasuredProcessOutput(
-        state, tff.federated_zip(tff.learning.templates.ClientResult(
-            tff.federated_map(fill, (weights.trainable, n)), n)),
-        tff.federated_value((), tff.SERVER))
-
-  return tff.learning.templates.ClientWorkProcess(init, next_fn)
-
-
 def _cfg(mix=MIX, slicing='nested', k=4, **overrides):
   return run_utils.default_config(**{
       'model.name': 'dense', 'seed': SEED, 'clients_per_round': k,
@@ -181,7 +151,8 @@ class TieredProcessTest(runtime_testing.LocalRuntimeTestCase):
     tiers: every coordinate moves by the weighted mean over the clients,
     of every tier, that trained it; untrained ones do not move."""
     cfg = _cfg(slicing=slicing, k=5)
-    lp, plans = _handmade_process(cfg, self.task, _count_client_work)
+    lp, plans = _handmade_process(cfg, self.task,
+                                  learning_testing.count_client_work)
     sizes = [3, 10, 5, 7, 4]
     tiers = [0, 2, 1, 2, 1]
     state = lp.initialize()
