@@ -40,6 +40,7 @@ scale gets 3 rotation layers).
 from __future__ import annotations
 
 import collections
+import itertools
 import lzma
 import math
 import os
@@ -331,31 +332,37 @@ def section_entropy(tensors):
   from tff_compress.encoders import factory
   from tff_compress.encoders import stages
   # pylint: enable=g-import-not-at-top
-  print('\n== entropy coding: EDEN codes of real payloads (bits/coord of '
-        'the wire blob, of an ideal entropy coder, of the blob compressed) ==')
-  print(f'  {"tensor":<14}{"bits":>5}{"blob":>8}{"H(codes)":>10}'
-        f'{"zlib-9":>8}{"ms":>7}{"lzma":>8}{"ms":>7}')
-  for name, x in tensors.items():
+  print('\n== entropy coding: codes of real payloads (bits/coord of the '
+        'wire blob, of an ideal entropy coder, of the blob compressed) ==')
+  print(f'  {"tensor":<14}{"codec":<18}{"bits":>5}{"blob":>8}'
+        f'{"H(codes)":>10}{"zlib-9":>8}{"ms":>7}{"lzma":>8}{"ms":>7}')
+  # EDEN's Lloyd-Max levels are nearly equiprobable by construction; the
+  # stochastic uniform quantizer (Caldas' baseline) is the contrast.
+  codecs = (('rotation', 'eden'), ('hadamard', 'uniform'))
+  for (name, x), (transform, quantizer), b in itertools.product(
+      tensors.items(), codecs, map(int, _BITS.value)):
     if name == 'gaussian':
       continue
     n = int(x.shape[0])
-    for b in map(int, _BITS.value):
-      chain = factory.build_chain('rotation', 1.0, b, 'bench',
-                                  quantizer='eden')
-      enc = chain.encode(x, tf.constant([3, 1], tf.int64))
-      codes = stages.BitpackStage(b).decode(
-          {'values': enc['values']}, chain.lengths(n)[1], None).numpy()
-      blob = chain.to_bytes({k: v.numpy() for k, v in enc.items()}, n)
-      packed = 8 * len(blob) / n  # the wire blob: header, entries, CRC
-      entropy = _entropy_bits(codes, b) * len(codes) / n
-      t0 = time.perf_counter()
-      z = zlib.compress(blob, 9)
-      t1 = time.perf_counter()
-      xz = lzma.compress(blob, preset=6)
-      t2 = time.perf_counter()
-      print(f'  {name:<14}{b:5d}{packed:8.3f}{entropy:10.3f}'
-            f'{8 * len(z) / n:8.3f}{1e3 * (t1 - t0):7.1f}'
-            f'{8 * len(xz) / n:8.3f}{1e3 * (t2 - t1):7.1f}')
+    if quantizer == 'uniform' and b not in factory.BITS:
+      continue
+    chain = factory.build_chain(transform, 1.0, b, 'bench',
+                                quantizer=quantizer)
+    enc = chain.encode(x, tf.constant([3, 1], tf.int64))
+    codes = stages.BitpackStage(b).decode(
+        {'values': enc['values']}, chain.lengths(n)[1], None).numpy()
+    blob = chain.to_bytes({k: v.numpy() for k, v in enc.items()}, n)
+    packed = 8 * len(blob) / n  # the wire blob: header, entries, CRC
+    entropy = _entropy_bits(codes, b) * len(codes) / n
+    t0 = time.perf_counter()
+    z = zlib.compress(blob, 9)
+    t1 = time.perf_counter()
+    xz = lzma.compress(blob, preset=6)
+    t2 = time.perf_counter()
+    print(f'  {name:<14}{transform + "+" + quantizer:<18}{b:5d}'
+          f'{packed:8.3f}{entropy:10.3f}'
+          f'{8 * len(z) / n:8.3f}{1e3 * (t1 - t0):7.1f}'
+          f'{8 * len(xz) / n:8.3f}{1e3 * (t2 - t1):7.1f}')
 
 
 def section_layers(tensors):
