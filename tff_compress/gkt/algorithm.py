@@ -137,7 +137,7 @@ class FedGkt(_LocalAlgorithm):
         f'{r.whole_train_flops / 1e6:.2f} MFLOPs/example: the edge has '
         f'{r.param_ratio:.1f}x fewer params, {r.flop_ratio:.1f}x fewer '
         f'FLOPs | features '
-        f'{"float32" if g.bits == 32 else f"{g.bits}-bit"}')
+        f'{"float32" if g.bits == 32 else f"{g.bits}-bit {g.quantizer}"}')
 
   def initial_state(self):
     edge = self.process.initialize_client()
@@ -218,10 +218,11 @@ class FedGkt(_LocalAlgorithm):
         'params_ratio_whole_vs_edge': r.param_ratio,
         'flops_ratio_whole_vs_edge': r.flop_ratio,
         'feature_bits': g.bits,
+        'feature_quantizer': g.quantizer,
         'feature_bytes_per_sample': (
             4 * int(np.prod(self.spec.feature_shape)) if g.bits == 32
             else codec.FeatureCodec(
-                self.spec.feature_shape, g.bits
+                self.spec.feature_shape, g.bits, g.quantizer
             ).encoded_bytes_per_sample()),
     }
     extra.update({f'final_{k}': v for k, v in self.last_eval.items()})

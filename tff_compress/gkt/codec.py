@@ -1,14 +1,23 @@
 """Optional q-bit compression of the uploaded feature maps.
 
-The project's codec chain (`tff_compress/encoders`, stochastic uniform
-quantization + bit packing; no rotation, no subsampling) is applied to each
-sample's feature map separately: every sample gets its own min/max (8 bytes
-next to H*W*C*q/8 bytes of codes) and its own stateless seed
+The project's codec chains (`tff_compress/encoders`) are applied to each
+sample's feature map separately, each sample with its own stateless seed
 ``stateless_fold_in(client_seed, i)``, so only the client's seed (int64 [2],
-16 bytes) is sent once. Per-sample ranges also keep one bright sample from
-coarsening every other sample's quantization grid. The codec's tensors
-have static sizes, which a whole client's variable-length feature tensor
-would not.
+16 bytes) is sent once. Per-sample codes also keep one bright sample from
+coarsening every other sample's grid, and give the codec's tensors the
+static sizes a whole client's variable-length feature tensor would not.
+
+Quantizers (`gkt.quantizer`):
+
+* ``uniform``: stochastic uniform quantization between the sample's min and
+  max (8 bytes of side information next to H*W*C*q/8 bytes of codes);
+* ``eden``: the whole-sample structured rotation and EDEN's Lloyd-Max levels
+  (`encoders/rotation.py`, `encoders/eden.py`; 4 bytes of scale per
+  sample). The scale is EDEN's *unbiased* one, not the minimum-error one a
+  single receiver would otherwise take: the server trains its model on the
+  decoded features and is deployed on the edge's true ones, so a
+  systematic shrink of the features (1 - D_b: 0.64 at 1 bit) would be a
+  train/test shift.
 
 With ``bits = 32`` the float32 feature maps are sent unchanged.
 """
@@ -29,13 +38,17 @@ CONFIG_PREFIX = 'gkt'
 class FeatureCodec:
   """Encodes/decodes [n, *feature_shape] float32 tensors sample by sample."""
 
-  def __init__(self, feature_shape: Sequence[int], bits: int):
-    """Raises `factory.CodecError` naming `gkt.bits` for a bad bit width."""
+  def __init__(self, feature_shape: Sequence[int], bits: int,
+               quantizer: str = 'uniform'):
+    """Raises `factory.CodecError` naming `gkt.bits` or `gkt.quantizer`
+    for a bad bit width or quantizer."""
     self.feature_shape = tuple(int(d) for d in feature_shape)
     self.bits = bits
+    self.quantizer = quantizer
+    eden = quantizer == 'eden'
     self._chain = factory.build_chain(
-        transform='none', subsample=1.0, bits=bits,
-        config_prefix=CONFIG_PREFIX)
+        transform='rotation' if eden else 'none', subsample=1.0, bits=bits,
+        config_prefix=CONFIG_PREFIX, quantizer=quantizer, scale='unbiased')
     self._size = int(np.prod(self.feature_shape))
 
   @property

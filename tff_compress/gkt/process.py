@@ -73,6 +73,7 @@ class GktSpec:
     server_optimizer: Key of `training.OPTIMIZERS` for the server model.
     server_learning_rate: Its learning rate.
     bits: Feature quantization bits (32 = float32).
+    quantizer: Feature quantizer, 'uniform' or 'eden' (`codec.py`).
     num_clients: Number of training clients (keys are 0..num_clients-1).
     seed: Model initialization seed.
   """
@@ -90,6 +91,7 @@ class GktSpec:
   bits: int
   num_clients: int
   seed: int
+  quantizer: str = 'uniform'
 
   @classmethod
   def create(cls, g: gkt_settings.GktSettings, *, model_name: str,
@@ -116,7 +118,8 @@ class GktSpec:
         server_learning_rate=g.server_learning_rate,
         bits=g.bits,
         num_clients=int(num_clients),
-        seed=int(seed))
+        seed=int(seed),
+        quantizer=g.quantizer)
 
   @property
   def feature_shape(self) -> tuple[int, int, int]:
@@ -228,7 +231,7 @@ class GktProcess:
 def build_gkt_process(settings: GktSpec) -> GktProcess:
   """Builds FedGKT's computations for `settings` (see the module doc)."""
   s = settings
-  codec = codec_lib.FeatureCodec(s.feature_shape, s.bits)
+  codec = codec_lib.FeatureCodec(s.feature_shape, s.bits, s.quantizer)
   client_opt = training.OPTIMIZERS[s.client_optimizer](s.client_learning_rate)
   server_opt = training.OPTIMIZERS[s.server_optimizer](s.server_learning_rate)
   k = s.num_classes

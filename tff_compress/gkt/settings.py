@@ -51,8 +51,9 @@ class GktSettings(s.Section):
   uploaded feature maps with CE + beta * KD_T against the clients' logits
   (beta = 0: FedML's script trains the server on CE only). Optimizers:
   adam | sgdm (momentum 0.9) | sgd, with L2 `weight_decay`. Feature maps are
-  sent as float32 (bits=32) or stochastically quantized to `bits` bits
-  (1..8, 16) per sample.
+  sent as float32 (bits=32) or quantized to `bits` bits per sample:
+  stochastic uniform quantization (1..8, 16) or, with quantizer='eden', a
+  whole-sample rotation and EDEN's Lloyd-Max levels (1..8).
   """
 
   SECTION = 'gkt'
@@ -81,6 +82,11 @@ class GktSettings(s.Section):
                                 'L2 weight decay of both sides')
   bits: int = s.field(32, s.choice(codec_settings.BITS, ' (32 = float32)'),
                       'feature map bits (32 = float32)')
+  quantizer: str = s.field(
+      'uniform', s.choice(codec_settings.QUANTIZERS),
+      "feature quantizer: uniform (stochastic rounding between each "
+      "sample's min and max) or eden (whole-sample rotation + Lloyd-Max "
+      'levels, unbiased scale; bits 1..8)', added=True)
 
   @classmethod
   def check(cls, config) -> None:
@@ -99,6 +105,10 @@ class GktSettings(s.Section):
         raise s.problem(name, (
             f'is {value!r}; it applies to algorithm=fedavg only (algorithm '
             f'is {config.algorithm!r}: leave it at {default!r}{hint})'))
+    g = config.gkt
+    if g.get('quantizer') == 'eden' and g.bits == 16:
+      raise s.problem('gkt.bits', "is 16; with gkt.quantizer='eden' use "
+                      '1..8 or 32 (float32)')
     if (config.algorithm == 'fedgkt' and
         config.model.name not in SERVER_DEPTHS):
       raise s.problem('model.name', (

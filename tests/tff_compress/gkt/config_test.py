@@ -35,6 +35,11 @@ class ConfigTest(absltest.TestCase):
             "'algorithm' is 'fedprox'; allowed: fedavg, fedavg_bn, fedgkt"),
         'bits': (('gkt.bits', 12),
                  "'gkt.bits' is 12; allowed: 1, 2, 3, 4, 5, 6, 7, 8, 16, 32"),
+        'quantizer': (('gkt.quantizer', 'kashin'),
+                      "'gkt.quantizer' is 'kashin'; allowed: uniform, eden"),
+        'eden bits': (('gkt.quantizer', 'eden', 'gkt.bits', 16),
+                      "'gkt.bits' is 16; with gkt.quantizer='eden' use "
+                      r'1..8 or 32'),
         'temperature': (('gkt.temperature', 0.0),
                         r"'gkt.temperature' is 0.0; allowed: \(0.0, inf\]"),
         'alpha': (('gkt.alpha', -1.0), "'gkt.alpha' is -1.0"),
@@ -52,9 +57,10 @@ class ConfigTest(absltest.TestCase):
         'dp': (('dp.mode', 'user'), "'dp.mode' is 'user'; it applies to "
                'algorithm=fedavg only'),
     }
-    for name, ((key, value), message) in cases.items():
+    for name, (items, message) in cases.items():
+      overrides = dict(zip(items[::2], items[1::2]))
       with self.assertRaisesRegex(config_lib.ConfigError, message, msg=name):
-        config_lib.validate(_fedgkt(**{key: value}))
+        config_lib.validate(_fedgkt(**overrides))
 
   def test_missing_cifar_cache_is_a_one_line_error(self):
     missing = self.create_tempdir().full_path
