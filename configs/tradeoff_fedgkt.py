@@ -9,17 +9,31 @@ FedGKT vs FedAvg-BN (also with momentum and 2 epochs) with the paper's
 ResNet-56 (57x fewer edge parameters, 9x fewer edge FLOPs). Two seeds each.
 
   ./bazelw run //tff_compress:tradeoff -- --config=configs/tradeoff_fedgkt.py
+
+`--config=configs/tradeoff_fedgkt.py:features` sweeps the feature codec
+alone: float32 against 2- and 1-bit features, uniform (per-sample min-max
+stochastic rounding) vs eden (whole-sample rotation + Lloyd-Max levels),
+same two seeds.
 """
 
 from tff_compress import tradeoff_lib
 
 
-def get_config():
+def get_config(variant: str = ''):
+  """The sweep; `variant='features'` the feature-codec sweep only."""
+  if variant not in ('', 'features'):
+    raise ValueError(f"configs/tradeoff_fedgkt.py takes '' or 'features', "
+                     f'not {variant!r}')
   c = tradeoff_lib.default_sweep_config()
   c.name = 'tradeoff_fedgkt'
   c.base = 'configs/fedgkt.py'
   c.seeds = (0, 1)
   grid = tradeoff_lib.grid
+  if variant == 'features':
+    c.name = 'tradeoff_fedgkt_features'
+    c.grids.features = grid({'gkt.quantizer': ('uniform', 'eden'),
+                             'gkt.bits': (2, 1)})
+    return c
   c.grids.features = grid({'gkt.bits': (8, 4)})
   c.grids.server_kd = grid({'gkt.beta': 1.0})
   c.grids.fedavg = grid({'algorithm': ('fedavg_bn', 'fedavg')})
