@@ -19,6 +19,16 @@ seeds, non-private and uncompressed. The grids (each a product of its axes):
 cores. ε is at δ = 1e-5 (RDP, K of N sampled uniformly without replacement,
 replace-one); it depends only on σ, K/N and the rounds. Results: docs/results/tradeoff/.
 Caldas' per-direction codec table is configs/tradeoff_codecs.py.
+
+`--config=configs/tradeoff.py:eden` re-runs the DP cells at σ 1.0 and 1.5
+(ε 32.3 and 13.4) with EDEN uplinks beside float32, same seeds:
+
+  dp_eden1:    rotation + 1-bit EDEN (unbiased)                      (2)
+  dp_eden2:    rotation + 2-bit EDEN on 0.9 of the rotated
+               coordinates, the 640-float logits kernel included
+               (uplink.min_size 100): >= 16x                          (2)
+
+6 settings x 2 seeds. Results: docs/results/tradeoff_dp_eden/.
 """
 
 from tff_compress import tradeoff_lib
@@ -32,9 +42,17 @@ _UP2 = {'uplink.transform': 'kashin', 'uplink.bits': 2,
         'uplink.subsample': 1.0}
 _UP1 = {'uplink.transform': 'hadamard', 'uplink.bits': 1,
         'uplink.subsample': 0.5}
+_EDEN = {'uplink.transform': 'rotation', 'uplink.quantizer': 'eden'}
+_EDEN1 = {**_EDEN, 'uplink.bits': 1}
+_EDEN2 = {**_EDEN, 'uplink.bits': 2, 'uplink.subsample': 0.9,
+          'uplink.min_size': 100}
 
 
-def get_config():
+def get_config(variant: str = ''):
+  """The default sweep; `variant='eden'` its DP cells with EDEN uplinks."""
+  if variant not in ('', 'eden'):
+    raise ValueError(f"configs/tradeoff.py takes '' or 'eden', not "
+                     f'{variant!r}')
   c = tradeoff_lib.default_sweep_config()
   c.name = 'tradeoff'
   c.base = 'configs/many_clients.py'
@@ -42,6 +60,13 @@ def get_config():
   c.seeds = (0, 1)
   c.parallel = 1
   grid = tradeoff_lib.grid
+  if variant == 'eden':
+    c.name = 'tradeoff_dp_eden'
+    sigmas = (1.0, 1.5)
+    c.grids.dp = grid({**_DP, 'dp.noise_multiplier': sigmas})
+    c.grids.dp_eden1 = grid({**_DP, 'dp.noise_multiplier': sigmas, **_EDEN1})
+    c.grids.dp_eden2 = grid({**_DP, 'dp.noise_multiplier': sigmas, **_EDEN2})
+    return c
   c.grids.dp = grid({**_DP, 'dp.noise_multiplier': SIGMAS})
   c.grids.dp_up4 = grid({**_DP, 'dp.noise_multiplier': SIGMAS, **_UP4})
   c.grids.dp_up2 = grid({**_DP, 'dp.noise_multiplier': (0.7, 1.0), **_UP2})
