@@ -14,6 +14,9 @@ clients after the last round), 30 rounds (reduced from 50 for this shared
 `--config=configs/tradeoff_personalization.py:fedper` keeps the baseline and
 the fedper grid only (FedAvg + fine-tuning vs FedPer on the shards split:
 the cells docs/BENCHMARKS.md measured, with `--config.rounds=20`).
+`...:fedprox` keeps the shards split's e5 and e5_fedprox grids, with mu
+0.01 and 0.1 (FedProx vs FedAvg under client drift; measured with
+`--config.rounds=20`).
 """
 
 from tff_compress import tradeoff_lib
@@ -23,10 +26,10 @@ _DIR = {'data.partition': 'dirichlet', 'data.dirichlet_alpha': 0.1}
 
 
 def get_config(cells: str = ''):
-  """The sweep; `cells='fedper'` keeps the fedper grid only."""
-  if cells not in ('', 'fedper'):
-    raise ValueError("configs/tradeoff_personalization.py takes '' or "
-                     f"'fedper', not {cells!r}")
+  """The sweep; `cells='fedper'` / `'fedprox'` keep those grids only."""
+  if cells not in ('', 'fedper', 'fedprox'):
+    raise ValueError("configs/tradeoff_personalization.py takes '', "
+                     f"'fedper' or 'fedprox', not {cells!r}")
   c = tradeoff_lib.default_sweep_config()
   c.name = 'tradeoff_personalization'
   c.base = 'configs/personalization.py'
@@ -44,8 +47,12 @@ def get_config(cells: str = ''):
   c.grids.dir_e5_fedprox = grid({**_DIR, 'client.epochs': 5,
                                  'client.work': 'fedprox',
                                  'client.proximal_strength': MUS})
-  if cells == 'fedper':
+  if cells == 'fedprox':
+    c.grids.e5_fedprox.client.proximal_strength = MUS[:2]
+  keep = {'': None, 'fedper': ('fedper',),
+          'fedprox': ('e5', 'e5_fedprox')}[cells]
+  if keep:
     for name in list(c.grids.keys()):
-      if name != 'fedper':
+      if name not in keep:
         del c.grids[name]
   return c
