@@ -178,7 +178,8 @@ class DeviceRounds:
       for entry in slots:
         by_folder[entry['model_folder']].append(entry)
       groups = '; '.join(
-          (f'tier {group[0]["tier"]} ({folder}/): slots '
+          (f'tier {group[0]["tier"]} ({folder}/): '
+           f'slot{"s" if len(group) > 1 else ""} '
            f'{",".join(str(e["slot"]) for e in group)}, '
            if group[0]['tier'] else '')
           + f'{group[0]["broadcast_bytes"]:,} bytes each'

@@ -154,6 +154,7 @@ class SlotLayout:
 
   @property
   def label(self) -> str:
+    """How reasons name it: "tier 'low' (N values)", N floats per update."""
     return (f'tier {self.tier!r} ({sum(self.sizes):,} values)' if self.tier
             else f'the model ({sum(self.sizes):,} values)')
 
@@ -168,7 +169,8 @@ class RoundResult:
     outcomes: One per update received, by slot.
     mean_update: The aggregated update the optimizer applied (global
       shapes), None if nobody was accepted.
-    measurements: The TFF aggregation process's measurements.
+    measurements: The TFF aggregation process's measurements (device
+      tiers: tier name -> that tier's aggregator's measurements).
   """
 
   state: ServerState
@@ -225,7 +227,7 @@ class DeviceRoundServer:
       self.layouts = []
       for index, tier in enumerate(tiers.tiers):
         plan = tier_slicing.tier_plan(model, tier)
-        self.layouts.append(self._layout(
+        self.layouts.append(self._make_layout(
             tier.name, f'tier_{tier.name}', plan.sub_shapes(),
             tier_slicing.build_slicing(tiers.slicing, plan, self._seed,
                                        index, self._ts.clients_per_round)))
@@ -236,7 +238,7 @@ class DeviceRoundServer:
             self.plan, self._seed, self._ts.dropout.per_client_masks,
             self._ts.clients_per_round)
       # What a device holds: the submodel's shapes under dropout.
-      self.layouts = [self._layout(
+      self.layouts = [self._make_layout(
           None, '.', self.shapes if self.plan is None
           else self.plan.sub_shapes(), self.slicing)]
     self.layouts = tuple(self.layouts)
@@ -263,7 +265,7 @@ class DeviceRoundServer:
           dp_factories.gaussian_noise(self._ts.dp)
           if self._ts.dp.user_level else None)
 
-  def _layout(self, tier: Optional[str], folder: str, shapes,
+  def _make_layout(self, tier: Optional[str], folder: str, shapes,
               slicing) -> SlotLayout:
     shapes = tuple(tuple(int(d) for d in s) for s in shapes)
     value_type = trainer_lib.model_value_type(shapes)
