@@ -12,6 +12,9 @@
       aggregate --round=0 --updates_dir=/tmp/r0
 
 The run needs its TFLite export (//mobile_export:export) for the phones.
+`broadcast` also writes slots.json: per slot, the client it stands for, its
+tier and `model_folder`, the export folder of the trainer its phone runs
+(device tiers: tflite/tier_<name>/, each slot gets its tier's slice).
 State, metrics and per-device outcomes go to <run_dir>/device_rounds/ (see
 device_round_lib.py). Mistakes — another round than the next one, a missing
 directory, no updates — are one line on stderr and exit status 2; a bad
@@ -33,7 +36,8 @@ _RUN_DIR = flags.DEFINE_string(
 _ROUND = flags.DEFINE_integer(
     'round', None, 'The device round (0-based); must be the next one.')
 _OUT_DIR = flags.DEFINE_string(
-    'out_dir', None, 'broadcast: where broadcast_<slot>.bin go.')
+    'out_dir', None,
+    'broadcast: where broadcast_<slot>.bin and slots.json go.')
 _CLIENT_DATA = flags.DEFINE_bool(
     'client_data', False,
     'broadcast: also write client_<slot>.npz, the examples of the client '

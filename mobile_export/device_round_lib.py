@@ -13,7 +13,10 @@ run's final weights (`final_weights.npz`) with a fresh server optimizer.
 
   broadcast --round=r --out_dir=D   writes D/broadcast_<slot>.bin for the K
                                     slots of the round (K =
-                                    clients_per_round), and with
+                                    clients_per_round), D/slots.json (per
+                                    slot: the client it stands for, its
+                                    tier, the export folder of the trainer
+                                    its device runs, its message), and with
                                     `client_data` D/client_<slot>.npz: the
                                     examples and shuffle seed of the client
                                     the simulation samples for that slot
@@ -27,6 +30,13 @@ run's final weights (`final_weights.npz`) with a fresh server optimizer.
 `--round` must be the next round (the state's): a broadcast of another
 round, or aggregating a round twice, is refused, so a shell loop that
 repeats a step cannot corrupt the state.
+
+Device tiers (`tiers.mix`): slot k of round r stands for the k-th client
+the simulation samples in its round r + 1, and that client's tier decides
+what the slot's device runs: `slots.json` names the folder of its trainer
+(`tier_<name>`, in the export directory, default `<run_dir>/tflite`), and
+`broadcast_<slot>.bin` holds that tier's slice (`server.py`). An update
+laid out for another tier is rejected with the reason.
 """
 
 from __future__ import annotations
@@ -54,6 +64,7 @@ COLUMNS = ('round', 'eval_loss', 'eval_accuracy', 'bytes_down', 'bytes_up',
            'clients', 'clients_reported', 'zeroed', 'rejected',
            'round_seconds')
 _UPDATE = re.compile(r'^update_(\d+)\.bin$')
+SLOTS_FILE = 'slots.json'
 
 
 class DeviceRoundError(ValueError):
@@ -72,6 +83,10 @@ def update_path(updates_dir: str, slot: int) -> str:
   return os.path.join(updates_dir, f'update_{slot}.bin')
 
 
+def slots_path(out_dir: str) -> str:
+  return os.path.join(out_dir, SLOTS_FILE)
+
+
 class DeviceRounds:
   """The device rounds of one run directory."""
 
@@ -81,14 +96,13 @@ class DeviceRounds:
     self.run_dir = run_dir
     self.config = config
     self.settings = config_lib.settings(config)
-    if self.settings.tiers.active:
-      # The server would broadcast the full model to every slot, whatever
-      # the phone's tier: a low-tier phone would get a model it cannot run.
+    if self.settings.tiers.train_only:
+      # The other tiers' sampled clients sit the simulated rounds out: a
+      # device round would have to idle their phones.
       raise DeviceRoundError(
-          f'{run_dir} is a device-tier run (tiers.mix='
-          f'{self.settings.tiers.mix!r}): its tiers are exported '
-          '(//mobile_export:export, tflite/tier_<name>/) but device rounds '
-          'of tiered runs are not supported yet')
+          f'{run_dir} is a tiers.train_only={self.settings.tiers.train_only!r}'
+          ' baseline run: device rounds of train_only runs are not supported'
+          ' (device rounds of tiered runs without it are)')
     self.data = data_registry.build_federated_data(
         self.settings.data, seed=self.settings.run.seed)
     self.model = export_lib.build_keras_model(
@@ -99,7 +113,8 @@ class DeviceRounds:
                              f'model {self.settings.model.name!r}')
     self.final_weights = weights
     self.server = server_lib.DeviceRoundServer(
-        self.settings, self.model, max_weight=max_weight)
+        self.settings, self.model, max_weight=max_weight,
+        num_clients=len(self.data.client_ids))
     self.dir = os.path.join(run_dir, SUBDIR)
     self._checkpoints = checkpoints_lib.Checkpoints(
         os.path.join(self.dir, 'checkpoints'), keep=3)
@@ -130,31 +145,48 @@ class DeviceRounds:
   def broadcast(self, round_index: int, out_dir: str,
                 client_data: bool = False, out: Optional[TextIO] = None
                 ) -> list[str]:
-    """Writes the round's K broadcast messages (and client data)."""
+    """Writes the round's K broadcast messages, `slots.json` (and client
+    data); returns the paths of the messages."""
     state = self.state()
     self._check_round(state, round_index)
     os.makedirs(out_dir, exist_ok=True)
-    k = self.server.clients_per_round
-    written = []
-    for slot in range(k):
-      blob = self.server.broadcast(state.weights, round_index, slot)
+    server, seed = self.server, self.settings.run.seed
+    clients = server.slot_clients(round_index)
+    written, slots = [], []
+    for slot, index in enumerate(clients):
+      blob = server.broadcast(state.weights, round_index, slot)
       path = broadcast_path(out_dir, slot)
       with open(path, 'wb') as f:
         f.write(blob)
       written.append(path)
-    if client_data:
-      seed = self.settings.run.seed
-      picked = sampling.sample_clients(len(self.data.client_ids), k, seed,
-                                       round_index + 1)
-      for slot, index in enumerate(picked):
+      layout = server.layout(round_index, slot)
+      entry = {'slot': slot, 'client': int(index), 'tier': layout.tier,
+               'model_folder': layout.folder,
+               'broadcast': os.path.basename(path),
+               'broadcast_bytes': len(blob)}
+      if client_data:
         x, y = self.data.client_arrays(self.data.client_ids[index])
-        np.savez(client_data_path(out_dir, slot), x=x, y=y,
-                 shuffle_seed=sampling.shuffle_seed(seed, round_index + 1,
-                                                    int(index)))
+        data_path = client_data_path(out_dir, slot)
+        np.savez(data_path, x=x, y=y, shuffle_seed=sampling.shuffle_seed(
+            seed, round_index + 1, int(index)))
+        entry['client_data'] = os.path.basename(data_path)
+      slots.append(entry)
+    run_dir_lib.write_json(slots_path(out_dir),
+                           {'round': round_index, 'slots': slots})
     if out is not None:
-      print(f'round {round_index}: {k} broadcast messages '
-            f'({os.path.getsize(written[0]):,} bytes each) in {out_dir}'
-            + (' with client_<slot>.npz' if client_data else ''), file=out,
+      by_folder = collections.defaultdict(list)
+      for entry in slots:
+        by_folder[entry['model_folder']].append(entry)
+      groups = '; '.join(
+          (f'tier {group[0]["tier"]} ({folder}/): '
+           f'slot{"s" if len(group) > 1 else ""} '
+           f'{",".join(str(e["slot"]) for e in group)}, '
+           if group[0]['tier'] else '')
+          + f'{group[0]["broadcast_bytes"]:,} bytes each'
+          for folder, group in by_folder.items())
+      print(f'round {round_index}: {len(slots)} broadcast messages in '
+            f'{out_dir} ({groups}), {SLOTS_FILE}'
+            + (' and client_<slot>.npz' if client_data else ''), file=out,
             flush=True)
     return written
 
@@ -178,12 +210,10 @@ class DeviceRounds:
     result = self.server.run_round(state, updates)
     self.model.set_weights(self._full_weights(result.state.weights))
     loss, accuracy = self._evaluate()
-    k = self.server.clients_per_round
-    broadcast_bytes = len(self.server.broadcast(state.weights, round_index))
     statuses = collections.Counter(o.status for o in result.outcomes)
     row = {
         'round': round_index, 'eval_loss': loss, 'eval_accuracy': accuracy,
-        'bytes_down': k * broadcast_bytes,
+        'bytes_down': self._bytes_down(state, round_index),
         'bytes_up': sum(o.bytes for o in result.outcomes),
         'clients': len(result.outcomes),
         'clients_reported': statuses[server_lib.ACCEPTED] +
@@ -202,14 +232,28 @@ class DeviceRounds:
     self._checkpoints.save(result.state.to_structure(), round_index + 1)
     if out is not None:
       for o in result.outcomes:
-        print(f'slot {o.slot}: {o.status}'
-              + (f' ({o.reason})' if o.reason else ''), file=out)
+        print(f'slot {o.slot}' + (f' (tier {o.tier})' if o.tier else '')
+              + f': {o.status}' + (f' ({o.reason})' if o.reason else ''),
+              file=out)
       print(f'round {round_index}: {row["clients_reported"]}/'
             f'{row["clients"]} updates aggregated, {row["zeroed"]} zeroed, '
             f'{row["rejected"]} rejected | eval acc {accuracy:.4f} loss '
             f'{loss:.4f} | next round {round_index + 1}', file=out,
             flush=True)
     return row
+
+  def _bytes_down(self, state: server_lib.ServerState,
+                  round_index: int) -> int:
+    """Bytes of the round's K broadcast messages (one encoding per
+    layout: a layout's messages all have its size)."""
+    sizes, total = {}, 0
+    for slot in range(self.server.clients_per_round):
+      layout = self.server.layout(round_index, slot)
+      if layout.folder not in sizes:
+        sizes[layout.folder] = len(
+            self.server.broadcast(state.weights, round_index, slot))
+      total += sizes[layout.folder]
+    return total
 
   def _full_weights(self, trainable):
     """Trainable weights -> every Keras weight (non-trainable kept)."""

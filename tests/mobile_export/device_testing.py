@@ -1,9 +1,17 @@
-"""Test helpers: the TF-free device venv and its subprocesses."""
+"""Test helpers: the TF-free device venv and its subprocesses, and the
+simulation's view of what a device trains on."""
 
 from __future__ import annotations
 
+import collections
 import os
 import subprocess
+
+import numpy as np
+import tensorflow as tf
+
+from mobile_export import device_client
+from tff_compress.program import sampling
 
 # The workspace, found from this file's real path (Bazel runs tests from a
 # runfiles tree of symlinks into the workspace).
@@ -42,3 +50,26 @@ def popen_device(args) -> subprocess.Popen:
                           cwd=WORKSPACE, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True,
                           stdin=subprocess.DEVNULL)
+
+
+def device_ordered_datasets(data, picked, cfg, round_num: int = 1) -> list:
+  """The picked clients' datasets, batches in the device client's order.
+
+  A phone shuffles with its own RNG (`device_client.batch_order` from the
+  client's shuffle seed of `round_num`), the simulation's loader may not:
+  a simulated round that must equal a device round visits the examples in
+  the device's order.
+  """
+  out = []
+  batch = cfg.client.batch_size
+  for index in picked:
+    x, y = data.client_arrays(data.client_ids[index])
+    order = np.concatenate(device_client.batch_order(
+        len(y), batch, cfg.client.epochs,
+        sampling.shuffle_seed(cfg.seed, round_num, int(index))))
+    arrays = tf.data.Dataset.from_tensors((x, y)).repeat()
+    batches = tf.data.Dataset.from_tensor_slices(order).batch(batch)
+    out.append(tf.data.Dataset.zip((arrays, batches)).map(
+        lambda xy, i: collections.OrderedDict(x=tf.gather(xy[0], i),
+                                              y=tf.gather(xy[1], i))))
+  return out

@@ -10,14 +10,12 @@ optimizer — the run's own TFF aggregation (`server.py`). Both global models
 must agree to float tolerance.
 """
 
-import collections
 import json
 import os
 import tempfile
 
 from absl.testing import absltest
 import numpy as np
-import tensorflow as tf
 
 from mobile_export import device_client
 from mobile_export import export_lib
@@ -40,14 +38,6 @@ def _config(**overrides):
       'broadcast.transform': 'hadamard', 'broadcast.bits': 8, **overrides})
 
 
-def _ordered_dataset(x, y, order, batch_size):
-  arrays = tf.data.Dataset.from_tensors((x, y)).repeat()
-  batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-  return tf.data.Dataset.zip((arrays, batches)).map(
-      lambda xy, i: collections.OrderedDict(x=tf.gather(xy[0], i),
-                                            y=tf.gather(xy[1], i)))
-
-
 def _run_round(cls, cfg):
   """Simulated round vs device round of `cfg`; results as `cls` attributes."""
   cls.cfg = cfg
@@ -60,15 +50,8 @@ def _run_round(cls, cfg):
   cls.picked = sampling.sample_clients(len(data.client_ids), _K, cfg.seed, 1)
   cls.seeds = [sampling.shuffle_seed(cfg.seed, 1, int(i))
                for i in cls.picked]
-  # Both sides visit the examples in the device client's order (a phone
-  # shuffles with its own RNG; the simulation's data loader may not).
-  datasets = []
-  for index, seed in zip(cls.picked, cls.seeds):
-    x, y = data.client_arrays(data.client_ids[index])
-    order = np.concatenate(device_client.batch_order(
-        len(y), cfg.client.batch_size, cfg.client.epochs, seed))
-    datasets.append(_ordered_dataset(x, y, order, cfg.client.batch_size))
-  datasets = training.client_inputs(datasets)  # dropout: slot k = client k
+  datasets = training.client_inputs(device_testing.device_ordered_datasets(
+      data, cls.picked, cfg))  # dropout: slot k = client k
   with local_runtime.local_context():
     state = process.initialize()
     cls.w0 = [np.asarray(w) for w in

@@ -105,6 +105,20 @@ class HostileUpdatesTest(runtime_testing.LocalRuntimeTestCase):
     for a, b in zip(result.state.weights, w0):
       np.testing.assert_array_equal(a, b)
 
+  def test_dropout_masks_stay_in_step_after_a_round_nobody_passes(self):
+    """The aggregation runs in a round without a usable update too, so its
+    round counter, which picks the masks it scatters with, stays that of
+    the broadcasts: round 1's update lands on round 1's submodel."""
+    server, w0 = _server(**{'dropout.keep': 0.5})
+    state = server.run_round(server.initial_state(w0), {0: b'garbage'}).state
+    update = _small(server, 1e-3, 0)
+    result = server.run_round(
+        state, {1: _update(server, update, 5.0, round_index=1)})
+    self.assertEqual(result.outcomes[0].status, 'accepted')
+    expected = server.plan.scatter(update, server.kept(1, 1))
+    for w, w_before, u in zip(result.state.weights, w0, expected):
+      np.testing.assert_allclose(w_before - w, u, rtol=1e-5, atol=1e-7)
+
   def test_dp_clips_a_device_update_on_the_server(self):
     """Under DP-FedAvg the run's DP aggregation bounds what a phone adds:
     a device sending a large (but not zeroed) update moves the model by at

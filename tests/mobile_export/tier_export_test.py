@@ -1,5 +1,6 @@
 """Device-tier export: one builtin-op trainer and one int8 inference model
-per tier, each checked in the TF-free runtime; device rounds refuse tiers."""
+per tier, each checked in the TF-free runtime; each slot's device-round
+broadcast fits the trainer of its tier (tier_round_test runs the rounds)."""
 
 import io
 import json
@@ -12,11 +13,14 @@ import numpy as np
 
 from mobile_export import device_round_lib
 from mobile_export import export_lib
+from mobile_export import messages
 from tests.mobile_export import device_testing
 from tests.tff_compress import run_utils
+from tff_compress import config_lib
 from tff_compress import simulate_lib
 from tff_compress.data import registry as data_registry
 from tff_compress.models import registry as model_registry
+from tff_compress.runtime import local as local_runtime
 
 _MIX = 'big:1:1.0, low:1:0.5'
 _HIDDEN = 64  # units of the dense model's hidden layer `dense1`
@@ -152,11 +156,46 @@ class TierExportTest(absltest.TestCase):
     self.assertEqual(self.manifest['submodel']['widths'], {})
     self.assertNotIn('tier', self.manifest['submodel'])
 
-  def test_device_rounds_refuse_a_tiered_run(self):
+  def test_device_round_messages_fit_the_trainer_slots_json_names(self):
+    round_dir = os.path.join(self.tmp, 'round0')
+    with local_runtime.local_context():
+      device_round_lib.DeviceRounds(self.run_dir).broadcast(0, round_dir)
+    with open(device_round_lib.slots_path(round_dir)) as f:
+      slots = json.load(f)['slots']
+    self.assertLen(slots, self.config.clients_per_round)
+    layouts = {}
+    for name in ('big', 'low'):
+      tensors = self.tier_manifests[name]['broadcast_tensors']
+      layouts[f'tier_{name}'] = (
+          [{e['key']: (np.dtype(e['dtype']), e['count'])
+            for e in t['entries']} for t in tensors],
+          [t['elements'] for t in tensors])
+    for entry in slots:
+      # The message parses as the broadcast of the trainer the slot's
+      # device runs, and not as the other tier's.
+      with open(os.path.join(round_dir, entry['broadcast']), 'rb') as f:
+        blob = f.read()
+      self.assertEqual(entry['model_folder'], f'tier_{entry["tier"]}')
+      for folder, (specs, sizes) in layouts.items():
+        if folder == entry['model_folder']:
+          self.assertEqual(messages.unpack(messages.BROADCAST, blob, specs,
+                                           sizes).round, 0)
+        else:
+          with self.assertRaises(messages.PayloadError):
+            messages.unpack(messages.BROADCAST, blob, specs, sizes)
+
+  def test_device_rounds_refuse_a_train_only_run(self):
+    run_dir = os.path.join(self.tmp, 'train_only')
+    os.makedirs(run_dir)
+    shutil.copy(os.path.join(self.run_dir, 'final_weights.npz'), run_dir)
+    with open(os.path.join(run_dir, 'config.json'), 'w') as f:
+      f.write(config_lib.to_json(run_utils.smoke_config(
+          rounds=1, **{'tiers.mix': _MIX, 'tiers.train_only': 'low'})))
     with self.assertRaisesRegex(
         device_round_lib.DeviceRoundError,
-        'tiers.mix=.*device rounds of tiered runs are not supported'):
-      device_round_lib.DeviceRounds(self.run_dir)
+        "tiers.train_only='low' baseline run: device rounds of train_only "
+        'runs are not supported'):
+      device_round_lib.DeviceRounds(run_dir)
 
 
 class RandomSlicingTierTest(absltest.TestCase):

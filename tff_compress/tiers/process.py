@@ -83,6 +83,47 @@ def _to_containers(result, type_spec):
       tff.structure.from_container(result, recursive=True), type_spec)
 
 
+def build_server_step(weights_type, slicings: Sequence[keyed.Slicing],
+                      part_types: Sequence,
+                      finalizer: tff.learning.templates.FinalizerProcess,
+                      noise: Optional[Callable] = None) -> tff.Computation:
+  """The round's server step over the tiers' partial sums.
+
+  ``finish(weights@SERVER, finalizer state, partials@SERVER)`` adds the
+  tiers' partial sums (`keyed.combine_partial_sums`: scatter, add, DP noise
+  once, per-coordinate division u_j = Σ_t total_tj / Σ_t count_tj) and
+  applies the server optimizer to the mean update. It returns
+  ``<weights, finalizer, mean, untrained_fraction, measurements>@SERVER``
+  (`mean`: the update the optimizer applied, global shapes). The
+  tiered process and the device-round server (`mobile_export/server.py`)
+  both close a round with it.
+
+  Args:
+    weights_type: The global `ModelWeights` type.
+    slicings: Each tier's slicing, in mix order.
+    part_types: Each tier's partial-sums type (its aggregator's result).
+    finalizer: The server optimizer's `FinalizerProcess`.
+    noise: Traced inside the step: list of total tensors -> noised list
+      (DP), or None.
+  """
+  combine = keyed.combine_partial_sums(weights_type.trainable, slicings,
+                                       part_types, noise)
+
+  @tff.federated_computation(
+      tff.FederatedType(weights_type, tff.SERVER),
+      finalizer.initialize.type_signature.result,
+      tff.FederatedType(tff.StructWithPythonType(list(part_types), tuple),
+                        tff.SERVER))
+  def finish(weights, finalizer_state, partials):
+    mean, untrained = tff.federated_map(combine, partials)
+    out = finalizer.next(finalizer_state, weights, mean)
+    return tff.federated_zip(collections.OrderedDict(
+        weights=out.result, finalizer=out.state, mean=mean,
+        untrained_fraction=untrained, measurements=out.measurements))
+
+  return finish
+
+
 class TieredProcess:
   """A learning process over tiers of clients (module docstring).
 
@@ -120,25 +161,10 @@ class TieredProcess:
           finalizer.initialize()))
 
     self.initialize = init_fn
-    part_types = [p.type_signature.result.member['partial']
-                  for p in self.passes]
-    combine = keyed.combine_partial_sums(
-        weights_type.trainable, [p.slicing for p in pieces], part_types,
-        noise)
-
-    @tff.federated_computation(
-        tff.FederatedType(weights_type, tff.SERVER),
-        finalizer.initialize.type_signature.result,
-        tff.FederatedType(tff.StructWithPythonType(part_types, tuple),
-                          tff.SERVER))
-    def finish(weights, finalizer_state, partials):
-      mean, untrained = tff.federated_map(combine, partials)
-      out = finalizer.next(finalizer_state, weights, mean)
-      return tff.federated_zip(collections.OrderedDict(
-          weights=out.result, finalizer=out.state,
-          untrained_fraction=untrained, measurements=out.measurements))
-
-    self.finish = finish
+    self.finish = build_server_step(
+        weights_type, [p.slicing for p in pieces],
+        [p.type_signature.result.member['partial'] for p in self.passes],
+        finalizer, noise)
 
   def get_model_weights(self, state) -> tff.learning.models.ModelWeights:
     return state.global_model_weights
