@@ -266,7 +266,7 @@ class DeviceRoundServer:
           if self._ts.dp.user_level else None)
 
   def _make_layout(self, tier: Optional[str], folder: str, shapes,
-              slicing) -> SlotLayout:
+                   slicing) -> SlotLayout:
     shapes = tuple(tuple(int(d) for d in s) for s in shapes)
     value_type = trainer_lib.model_value_type(shapes)
     return SlotLayout(
