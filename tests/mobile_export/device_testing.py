@@ -4,6 +4,7 @@ simulation's view of what a device trains on."""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import subprocess
 
@@ -50,6 +51,21 @@ def popen_device(args) -> subprocess.Popen:
                           cwd=WORKSPACE, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True,
                           stdin=subprocess.DEVNULL)
+
+
+def device_summaries(procs) -> list[dict]:
+  """Waits for `device_client` processes; their JSON summaries, in order.
+
+  Raises:
+    AssertionError: a device exited non-zero (with its stderr's tail).
+  """
+  summaries = []
+  for k, p in enumerate(procs):
+    stdout, stderr = p.communicate(timeout=600)
+    if p.returncode != 0:
+      raise AssertionError(f'device {k} failed:\n{stderr[-3000:]}')
+    summaries.append(json.loads(stdout.strip().splitlines()[-1]))
+  return summaries
 
 
 def device_ordered_datasets(data, picked, cfg, round_num: int = 1) -> list:

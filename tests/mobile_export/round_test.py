@@ -10,7 +10,6 @@ optimizer — the run's own TFF aggregation (`server.py`). Both global models
 must agree to float tolerance.
 """
 
-import json
 import os
 import tempfile
 
@@ -88,12 +87,7 @@ def _run_round(cls, cfg):
         f'--broadcast={broadcast}', f'--data={client}',
         f'--out={os.path.join(cls.tmp, f"update{k}.bin")}',
         f'--runtime={runtime_name}']))
-  cls.summaries = []
-  for k, p in enumerate(procs):
-    stdout, stderr = p.communicate(timeout=600)
-    if p.returncode != 0:
-      raise AssertionError(f'device {k} failed:\n{stderr[-3000:]}')
-    cls.summaries.append(json.loads(stdout.strip().splitlines()[-1]))
+  cls.summaries = device_testing.device_summaries(procs)
   blobs = {}
   for k in range(_K):
     with open(os.path.join(cls.tmp, f'update{k}.bin'), 'rb') as f:

@@ -97,12 +97,7 @@ def _run_rounds(cls, cfg):
         f'--data={os.path.join(cls.round_dir, entry["client_data"])}',
         f'--out={device_round_lib.update_path(cls.round_dir, k)}',
         f'--runtime={device_client.RUNTIMES[k % 2]}']))
-  cls.summaries = []
-  for k, p in enumerate(procs):
-    stdout, stderr = p.communicate(timeout=600)
-    if p.returncode != 0:
-      raise AssertionError(f'device {k} failed:\n{stderr[-3000:]}')
-    cls.summaries.append(json.loads(stdout.strip().splitlines()[-1]))
+  cls.summaries = device_testing.device_summaries(procs)
   cls.updates = {}
   for k in range(_K):
     with open(device_round_lib.update_path(cls.round_dir, k), 'rb') as f:
