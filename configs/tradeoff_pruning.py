@@ -20,8 +20,9 @@ Results: docs/results/pruning/ and docs/BENCHMARKS.md ("Federated pruning").
 the shipped config's 30 rounds with seeds 0, 1 and 2, the mask decided
 once the dense model has learned (mask updates at rounds 12, 15, 18 and 21:
 begin 12, end 21), 9 rounds under the final mask: unstructured 50 % and
-90 % and units 50 %, against the dense baseline. Results:
-docs/results/pruning30/.
+90 % and units 50 %, against the dense baseline; and unstructured 50 % and
+90 % with the mask final by round 15 (updates at 9, 12, 15) and 15 rounds
+under it (`recovery`). Results: docs/results/pruning30/.
 """
 
 from tff_compress import tradeoff_lib
@@ -34,6 +35,8 @@ LATE = {'pruning.begin_round': 8, 'pruning.end_round': 14,
         'pruning.frequency': 3}
 LATE30 = {'pruning.begin_round': 12, 'pruning.end_round': 21,
           'pruning.frequency': 3}
+RECOVERY30 = {'pruning.begin_round': 9, 'pruning.end_round': 15,
+              'pruning.frequency': 3}
 
 
 def get_config(variant: str = ''):
@@ -54,6 +57,9 @@ def get_config(variant: str = ''):
                                  **LATE30})
     c.grids.units = grid({'pruning.target': 0.5,
                           'pruning.structure': 'units', **LATE30})
+    c.grids.recovery = grid({'pruning.target': (0.5, 0.9),
+                             'pruning.structure': 'unstructured',
+                             **RECOVERY30})
     return c
   c.name = 'tradeoff_pruning'
   c.rounds = 20
