@@ -50,9 +50,7 @@ _EDEN2 = {**_EDEN, 'uplink.bits': 2, 'uplink.subsample': 0.9,
 
 def get_config(variant: str = ''):
   """The default sweep; `variant='eden'` its DP cells with EDEN uplinks."""
-  if variant not in ('', 'eden'):
-    raise ValueError(f"configs/tradeoff.py takes '' or 'eden', not "
-                     f'{variant!r}')
+  tradeoff_lib.check_variant('configs/tradeoff.py', variant, ('eden',))
   c = tradeoff_lib.default_sweep_config()
   c.name = 'tradeoff'
   c.base = 'configs/many_clients.py'

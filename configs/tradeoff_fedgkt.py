@@ -21,9 +21,8 @@ from tff_compress import tradeoff_lib
 
 def get_config(variant: str = ''):
   """The sweep; `variant='features'` the feature-codec sweep only."""
-  if variant not in ('', 'features'):
-    raise ValueError(f"configs/tradeoff_fedgkt.py takes '' or 'features', "
-                     f'not {variant!r}')
+  tradeoff_lib.check_variant(
+      'configs/tradeoff_fedgkt.py', variant, ('features',))
   c = tradeoff_lib.default_sweep_config()
   c.name = 'tradeoff_fedgkt'
   c.base = 'configs/fedgkt.py'

@@ -27,9 +27,8 @@ _DIR = {'data.partition': 'dirichlet', 'data.dirichlet_alpha': 0.1}
 
 def get_config(cells: str = ''):
   """The sweep; `cells='fedper'` / `'fedprox'` keep those grids only."""
-  if cells not in ('', 'fedper', 'fedprox'):
-    raise ValueError("configs/tradeoff_personalization.py takes '', "
-                     f"'fedper' or 'fedprox', not {cells!r}")
+  tradeoff_lib.check_variant(
+      'configs/tradeoff_personalization.py', cells, ('fedper', 'fedprox'))
   c = tradeoff_lib.default_sweep_config()
   c.name = 'tradeoff_personalization'
   c.base = 'configs/personalization.py'

@@ -41,9 +41,8 @@ RECOVERY30 = {'pruning.begin_round': 9, 'pruning.end_round': 15,
 
 def get_config(variant: str = ''):
   """The 20-round sweep; `variant='rounds30'` the 30-round one."""
-  if variant not in ('', 'rounds30'):
-    raise ValueError(f"configs/tradeoff_pruning.py takes '' or 'rounds30', "
-                     f'not {variant!r}')
+  tradeoff_lib.check_variant(
+      'configs/tradeoff_pruning.py', variant, ('rounds30',))
   c = tradeoff_lib.default_sweep_config()
   c.base = 'configs/caldas_mnist.py'
   grid = tradeoff_lib.grid

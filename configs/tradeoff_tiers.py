@@ -31,9 +31,7 @@ CORE = ('mix', 'low_alone')
 
 def get_config(cells: str = ''):
   """The sweep; `cells='core'` keeps the `CORE` grids only."""
-  if cells not in ('', 'core'):
-    raise ValueError(f"configs/tradeoff_tiers.py takes '' or 'core', not "
-                     f'{cells!r}')
+  tradeoff_lib.check_variant('configs/tradeoff_tiers.py', cells, ('core',))
   c = tradeoff_lib.default_sweep_config()
   c.name = 'tradeoff_tiers'
   c.base = 'configs/caldas_mnist.py'

@@ -150,6 +150,17 @@ def _check_override_keys(program: str, argv: Sequence[str]) -> None:
              'in README.md and in each package\'s settings.py')
 
 
+_TRACE = 'Error whilst parsing config file:'
+
+
 def _one_line(e: BaseException) -> str:
-  text = str(e).strip().replace('\n', ' ')
+  """The error as one line. A config file's own ValueError/TypeError comes
+  back from ml_collections with its traceback pasted in: keep its message."""
+  text = str(e).strip()
+  if _TRACE in text:
+    head = text.split(_TRACE, 1)[0].strip()
+    last = text.strip().splitlines()[-1].strip()
+    message = last.split(': ', 1)[1] if ': ' in last else last
+    text = f'{head} {message}' if head else message
+  text = text.replace('\n', ' ')
   return text or type(e).__name__

@@ -51,6 +51,20 @@ class Cell:
     return ', '.join(parts) + f' (seed {self.seed})'
 
 
+def check_variant(config_file: str, variant: str,
+                  variants: Sequence[str]) -> None:
+  """Refuses a `--config=<config_file>:<variant>` the sweep file lacks.
+
+  Raises:
+    SweepError: naming the file and the variants it takes ('' = the sweep
+      itself).
+  """
+  if variant not in ('', *variants):
+    allowed = ', '.join(repr(v) for v in ('', *variants))
+    raise SweepError(f'{config_file} takes one of {allowed}, not '
+                     f'{variant!r}')
+
+
 def default_sweep_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = 'tradeoff'

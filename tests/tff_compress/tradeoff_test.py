@@ -241,6 +241,17 @@ class SweepEndToEndTest(absltest.TestCase):
     self.assertIn('uplink.bits', lines[0])
     self.assertNotIn('[1/', out)
 
+  def test_unknown_sweep_variant_is_one_line_error(self):
+    code, _, err = self._run(
+        '--config=' + os.path.join(process_utils.WORKSPACE, 'configs',
+                                   'tradeoff.py') + ':bogus')
+    self.assertEqual(code, 2, err)
+    lines = err.strip().splitlines()
+    self.assertLen(lines, 1)
+    self.assertIn("configs/tradeoff.py takes one of '', 'eden', not 'bogus'",
+                  lines[0])
+    self.assertNotIn('Traceback', lines[0])
+
 
 if __name__ == '__main__':
   absltest.main()
