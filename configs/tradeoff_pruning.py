@@ -23,6 +23,13 @@ begin 12, end 21), 9 rounds under the final mask: unstructured 50 % and
 90 % and units 50 %, against the dense baseline; and unstructured 50 % and
 90 % with the mask final by round 15 (updates at 9, 12, 15) and 15 rounds
 under it (`recovery`). Results: docs/results/pruning30/.
+
+`--config=configs/tradeoff_pruning.py:rounds50` gives both sides 50 rounds
+(seeds 0, 1, 2), the length at which the recovery grid's trend (more rounds
+under the final mask, less loss) is tested: mask updates at rounds 12, 15,
+18 and 21 (begin 9, end 21), then 29 rounds under the final mask, for
+unstructured 50 %, 75 % and 90 % and units 50 %, against the dense model.
+Results: docs/results/pruning50/.
 """
 
 from tff_compress import tradeoff_lib
@@ -37,12 +44,15 @@ LATE30 = {'pruning.begin_round': 12, 'pruning.end_round': 21,
           'pruning.frequency': 3}
 RECOVERY30 = {'pruning.begin_round': 9, 'pruning.end_round': 15,
               'pruning.frequency': 3}
+RECOVERY50 = {'pruning.begin_round': 9, 'pruning.end_round': 21,
+              'pruning.frequency': 3}
 
 
 def get_config(variant: str = ''):
-  """The 20-round sweep; `variant='rounds30'` the 30-round one."""
+  """The 20-round sweep; `variant='rounds30'` / `'rounds50'` the longer
+  ones."""
   tradeoff_lib.check_variant(
-      'configs/tradeoff_pruning.py', variant, ('rounds30',))
+      'configs/tradeoff_pruning.py', variant, ('rounds30', 'rounds50'))
   c = tradeoff_lib.default_sweep_config()
   c.base = 'configs/caldas_mnist.py'
   grid = tradeoff_lib.grid
@@ -59,6 +69,17 @@ def get_config(variant: str = ''):
     c.grids.recovery = grid({'pruning.target': (0.5, 0.9),
                              'pruning.structure': 'unstructured',
                              **RECOVERY30})
+    return c
+  if variant == 'rounds50':
+    c.name = 'tradeoff_pruning50'
+    c.rounds = 50
+    c.seeds = (0, 1, 2)
+    c.parallel = 1
+    c.grids.unstructured = grid({'pruning.target': (0.5, 0.75, 0.9),
+                                 'pruning.structure': 'unstructured',
+                                 **RECOVERY50})
+    c.grids.units = grid({'pruning.target': 0.5,
+                          'pruning.structure': 'units', **RECOVERY50})
     return c
   c.name = 'tradeoff_pruning'
   c.rounds = 20
