@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -308,10 +308,55 @@ def make_client_dataset(
     raise DataError(f'batch_size={batch_size} and epochs={epochs} must be >= 1')
   if shuffle_seed < 0:
     raise DataError(f'shuffle_seed={shuffle_seed} must be >= 0')
-  order = _traced_client_order(epochs)(
-      np.int64(len(y)), np.int64(shuffle_seed)).numpy()
+  order = visiting_order(len(y), epochs, shuffle_seed)
   return tf.data.Dataset.from_tensor_slices(
       collections.OrderedDict(x=x[order], y=y[order])).batch(batch_size)
+
+
+def visiting_order(n: int, epochs: int, shuffle_seed: int) -> np.ndarray:
+  """:func:`client_order` as a numpy int64 array (the driver's copy).
+
+  The rows a client visits, in order; consecutive `batch_size` slices of
+  it are its batches (:func:`make_client_dataset`).
+  """
+  return _traced_client_order(epochs)(
+      np.int64(n), np.int64(shuffle_seed)).numpy()
+
+
+def visiting_orders(sizes: Sequence[int], epochs: int,
+                    shuffle_seeds: Sequence[int]) -> list[np.ndarray]:
+  """:func:`visiting_order` of many clients in one TensorFlow call.
+
+  Equal to ``[visiting_order(n, epochs, s) for n, s in zip(...)]``; one
+  graph call instead of one per client, which matters for a cohort of
+  hundreds of small clients (`cohorts/data.py`).
+  """
+  sizes = np.asarray(sizes, np.int64)
+  if not len(sizes):
+    return []
+  flat = _traced_client_orders(epochs)(
+      sizes, np.asarray(shuffle_seeds, np.int64)).numpy()
+  return np.split(flat, np.cumsum(epochs * sizes)[:-1])
+
+
+@functools.lru_cache(maxsize=None)
+def _traced_client_orders(epochs: int) -> Callable[..., tf.Tensor]:
+  """The concatenated :func:`client_order`s of clients (sizes, seeds)."""
+
+  def orders(sizes, seeds):
+    def body(i, out):
+      return i + 1, out.write(i, client_order(sizes[i], epochs, seeds[i]))
+
+    count = tf.size(sizes)
+    _, out = tf.while_loop(
+        lambda i, _: i < count, body,
+        (tf.constant(0), tf.TensorArray(tf.int64, size=count,
+                                        infer_shape=False,
+                                        element_shape=[None])))
+    return out.concat()
+
+  return tf.function(orders, input_signature=[
+      tf.TensorSpec([None], tf.int64)] * 2, autograph=False)
 
 
 @functools.lru_cache(maxsize=None)

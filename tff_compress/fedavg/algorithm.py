@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_compress.cohorts import data as cohort_data
 from tff_compress.data import federated_data
 from tff_compress.data import store as store_lib
 from tff_compress.faults import rounds as fault_rounds
@@ -236,6 +237,9 @@ class FedAvg(algorithm_lib.Algorithm):
     if self.tiered:
       return self._run_tiered_round(state, round_num, picked, examples)
     training = self._training.at_round(round_num)
+    if training.cohort_size > 1:
+      return self._run_cohort_round(training, state, round_num, picked,
+                                    examples)
     flops = [n * training.client_task.train_flops_per_example
              for n in examples]
     # Who reports (faults/schedule.py); only they enter process.next.
@@ -257,6 +261,49 @@ class FedAvg(algorithm_lib.Algorithm):
     row['bytes_down'] = bytes_down
     return self._with_personalization(
         algorithm_lib.RoundResult(outcome.state, row, extra), round_num)
+
+  def _run_cohort_round(self, training: process_lib.Training, state,
+                        round_num: int, picked: np.ndarray,
+                        examples: Sequence[int]
+                        ) -> algorithm_lib.RoundResult:
+    """A round of cohorts: the picked clients, G at a time by size.
+
+    A cohort takes as many steps as its largest client, so clients are
+    grouped by size (the result does not depend on the grouping: every
+    per-client step is the client's own, and the server sums). The cohort
+    client work reports what the per-client aggregator would (`bytes_up`,
+    `zeroed` under DP); every simulated client received the broadcast, so
+    `bytes_down` is the per-cohort figure times K / cohorts.
+    """
+    g, c = training.cohort_size, self._ts.client
+    clients = []
+    for index in sorted(picked, key=lambda i: self._sizes[i]):
+      x, y = self._data.client_arrays(self._data.client_ids[index])
+      clients.append((x, y, sampling.shuffle_seed(self._run.seed, round_num,
+                                                  int(index))))
+    cohorts = [cohort_data.cohort_dataset(
+        clients[a:a + g], batch_size=c.batch_size, epochs=c.epochs)
+               for a in range(0, len(clients), g)]
+    output = training.process.next(state, cohorts)
+    m = output.metrics
+    work = m['client_work']
+    plan = fault_schedule.plan_round(
+        self._ts.faults, self._run.seed, round_num, picked, examples,
+        self._run.clients_per_round)
+    row = {
+        'train_loss': float(work['train']['loss']),
+        'train_accuracy': float(work['train']['accuracy']),
+        'bytes_down': int(m['distributor']['bytes_down']) // len(cohorts)
+                      * len(picked),
+        'bytes_up': int(work['bytes_up']),
+        'client_flops': float(np.mean(
+            [n * training.client_task.train_flops_per_example
+             for n in examples])),
+        'zeroed': int(work['zeroed']) if self._ts.dp.user_level else None,
+        **fault_rounds.columns(plan),
+    }
+    return self._with_personalization(
+        algorithm_lib.RoundResult(output.state, row), round_num)
 
   def _row(self, outcome: fault_rounds.RoundOutcome,
            plan: fault_schedule.RoundPlan, flops: Sequence[float]) -> dict:

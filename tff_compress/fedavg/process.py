@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow_federated as tff
 
+from tff_compress.cohorts import client_work as cohort_work
 from tff_compress.dropout import slicing as dropout_slicing
 from tff_compress.dropout import submodel as submodel_lib
 from tff_compress.faults import client_work as fault_client_work
@@ -52,6 +53,39 @@ def build_learning_process(
       initial_weights_fn, distributor, client_work, aggregator, finalizer)
 
 
+def cohort_spec(ts: settings.TrainingSettings) -> cohort_work.CohortTraining:
+  """What a cohort's clients do, from the training settings."""
+  c = ts.client
+  return cohort_work.CohortTraining(
+      size=ts.cohort_size, learning_rate=c.learning_rate,
+      momentum=c.momentum, uplink=ts.uplink, seed=ts.seed, dp=ts.dp,
+      clients_per_round=ts.clients_per_round)
+
+
+def build_cohort_learning_process(
+    ts: settings.TrainingSettings, task: task_lib.Task
+) -> tff.learning.templates.LearningProcess:
+  """Cohort execution: every TFF client trains `ts.cohort_size` clients.
+
+  The registry's distributor and server optimizer; the cohort client work
+  (`cohorts/client_work.py`: batched local SGD, then each simulated
+  client's aggregator stages) and the cohorts' server-side sum.
+  """
+  initial_weights_fn = build_initial_weights_fn(task)
+  model_weights_type = initial_weights_fn.type_signature.result
+  spec = cohort_spec(ts)
+  client_work = cohort_work.build_cohort_client_work(
+      spec, task.keras_model_fn, model_weights_type,
+      tuple(task.input_spec['x'].shape[1:]))
+  aggregator = cohort_work.build_aggregator(spec).create(
+      model_weights_type.trainable, tff.TensorType(np.float32))
+  finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
+      registry.build_server_optimizer(ts.server), model_weights_type)
+  return tff.learning.templates.compose_learning_process(
+      initial_weights_fn, registry.build_distributor(ts, model_weights_type),
+      client_work, aggregator, finalizer)
+
+
 @dataclasses.dataclass(frozen=True)
 class Training:
   """A learning process plus what the driver needs to feed and report it."""
@@ -66,6 +100,9 @@ class Training:
   # Pruning: one process per schedule phase (`at_round`); this Training is
   # the first phase's.
   phases: Optional[pruning_phases.Phases] = None
+  # Cohort execution: G simulated clients per TFF client (`process` is
+  # then fed `cohorts.data.cohort_dataset`s, one per cohort).
+  cohort_size: int = 1
 
   def at_round(self, round_num: int) -> 'Training':
     """The Training that runs round `round_num` (a pruned run switches
@@ -263,6 +300,9 @@ def build_training(ts: settings.TrainingSettings,
     raise ValueError('tiers.* is set: build it with build_tiered_training')
   if ts.pruning.active:
     return build_pruned_training(ts, task)
+  if ts.cohort_size > 1:
+    return Training(build_cohort_learning_process(ts, task), task,
+                    cohort_size=ts.cohort_size)
   plan = dropout_plan(ts, task)
   injects = ts.faults.poisons
   if plan is None:

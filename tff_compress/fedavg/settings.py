@@ -92,15 +92,18 @@ class TrainingSettings:
   faults: fault_settings.FaultSettings
   tiers: tier_settings.TierSettings
   pruning: pruning_settings.PruningSettings
+  # G simulated clients per TFF client (`runtime.cohort_size`; 1 = off).
+  cohort_size: int = 1
 
   @classmethod
   def of(cls, settings) -> 'TrainingSettings':
     """From a run's settings (`config_lib.Settings`)."""
+    own = ('seed', 'clients_per_round', 'cohort_size')
     return cls(seed=settings.run.seed,
                clients_per_round=settings.run.clients_per_round,
+               cohort_size=settings.runtime.cohort_size,
                **{f.name: getattr(settings, f.name)
-                  for f in dataclasses.fields(cls)
-                  if f.name not in ('seed', 'clients_per_round')})
+                  for f in dataclasses.fields(cls) if f.name not in own})
 
   @property
   def uniform_weights(self) -> bool:

@@ -285,6 +285,35 @@ def build_mean() -> tff.aggregators.WeightedAggregationFactory:
 # ---- the encoded uplink --------------------------------------------------------
 
 
+def encode_update(coder: structure.StructureCodec, identity: bool, value,
+                  base_seed: int, round_num: tf.Tensor,
+                  clip: Optional[float] = None):
+  """The uplink message a client sends for its update `value` (TF code).
+
+  The per-client step of `encoded`, also run per simulated client inside a
+  cohort (`cohorts/client_work.py`): the seed is the digest of the value
+  with the config seed and the round (`prng.update_seed`); with `clip`, the
+  decoded value's L2 norm is <= clip (`bounded.bounded_encode`). An
+  identity codec sends the (clipped) value itself.
+  """
+  if identity:
+    return (value if clip is None else
+            bounded.clip_by_global_l2_norm(value, clip))
+  s = prng.update_seed(tf.nest.flatten(value), base_seed, round_num)
+  if clip is None:
+    payload = coder.encode(value, s)
+  else:
+    payload = bounded.bounded_encode(coder, value, s, clip)
+  return collections.OrderedDict(payload=payload, seed=s)
+
+
+def decode_update(coder: structure.StructureCodec, identity: bool, message):
+  """The server's decoding of an `encode_update` message (TF code)."""
+  if identity:
+    return message
+  return coder.decode(message['payload'], message['seed'])
+
+
 def encoded(codec: codec_settings.CodecSettings, seed: int,
             inner: Optional[AnyFactory] = None, *,
             clip: Optional[float] = None) -> AnyFactory:
@@ -326,23 +355,14 @@ def encoded(codec: codec_settings.CodecSettings, seed: int,
 
     @tff.tensorflow.computation(value_type, np.int64)
     def encode(value, round_num):
-      if identity:
-        return (value if clip is None else
-                bounded.clip_by_global_l2_norm(value, clip))
-      s = prng.update_seed(tf.nest.flatten(value), base_seed, round_num)
-      if clip is None:
-        payload = coder.encode(value, s)
-      else:
-        payload = bounded.bounded_encode(coder, value, s, clip)
-      return collections.OrderedDict(payload=payload, seed=s)
+      return encode_update(coder, identity, value, base_seed, round_num,
+                           clip)
 
     message_type = encode.type_signature.result
 
     @tff.tensorflow.computation(message_type)
     def decode(message):
-      if identity:
-        return message
-      return coder.decode(message['payload'], message['seed'])
+      return decode_update(coder, identity, message)
 
     if weighted:
       @tff.tensorflow.computation(message_type, weight_type)

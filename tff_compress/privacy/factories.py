@@ -105,6 +105,38 @@ def with_measurements(
   return aggregators.wrap(inner, build)
 
 
+def encode_record(coder: structure.StructureCodec, identity: bool, update,
+                  base_seed: int, round_num: tf.Tensor,
+                  clip: Optional[float]):
+  """A DP client's message for its clipped update, and the bound's scale.
+
+  The per-record step of `BoundedRecordSumFactory` (TF code), also run per
+  simulated client inside a cohort (`cohorts/client_work.py`): the decoded
+  record's L2 norm stays <= `clip` (its own norm when None: adaptive
+  clipping); an identity codec sends the float32 update as it is.
+
+  Returns:
+    ``(OrderedDict(payload[, seed]), scale)``: `scale` is the factor the
+    record was shrunk by to bound its decoded norm (1 = none).
+  """
+  message = collections.OrderedDict()
+  if identity:  # float32 records, already clipped by the query
+    message['payload'] = update
+    return message, tf.constant(1.0)
+  seed = bounded.client_seed(update, base_seed, round_num)
+  bound = clip if clip is not None else bounded.global_l2_norm(update)
+  out = bounded.bounded_encode_with_info(coder, update, seed, bound)
+  message['payload'], message['seed'] = out.message, seed
+  return message, out.scale
+
+
+def decode_record(coder: structure.StructureCodec, identity: bool, message):
+  """The update of an `encode_record` message (TF code)."""
+  if identity:
+    return message['payload']
+  return coder.decode(message['payload'], message['seed'])
+
+
 class BoundedRecordSumFactory(tff.aggregators.UnweightedAggregationFactory):
   """Sums DP records sent through the uplink codec, decoded norm ≤ clip.
 
@@ -143,16 +175,8 @@ class BoundedRecordSumFactory(tff.aggregators.UnweightedAggregationFactory):
     @tff.tensorflow.computation(record_type, np.int64)
     def encode(record, round_num):
       update = record[0] if adaptive else record
-      message = collections.OrderedDict()
-      if identity:  # float32 records, already clipped by the query
-        message['payload'] = update
-        scale = tf.constant(1.0)
-      else:
-        seed = bounded.client_seed(update, base_seed, round_num)
-        bound = clip if clip is not None else bounded.global_l2_norm(update)
-        out = bounded.bounded_encode_with_info(coder, update, seed, bound)
-        message['payload'], message['seed'] = out.message, seed
-        scale = out.scale
+      message, scale = encode_record(coder, identity, update, base_seed,
+                                     round_num, clip)
       if adaptive:
         message['extra'] = record[1]
       return message, scale
@@ -161,10 +185,7 @@ class BoundedRecordSumFactory(tff.aggregators.UnweightedAggregationFactory):
 
     @tff.tensorflow.computation(message_type)
     def decode(message):
-      if identity:
-        update = message['payload']
-      else:
-        update = coder.decode(message['payload'], message['seed'])
+      update = decode_record(coder, identity, message)
       flat = tf.nest.flatten(update)
       if adaptive:
         flat += tf.nest.flatten(message['extra'])

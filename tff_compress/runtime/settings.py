@@ -76,6 +76,23 @@ class RuntimeSettings(s.Section):
       'seconds to reach every worker at start')
   rpc_timeout: float = s.field(
       0.0, s.float_range(0.0), 'deadline of each gRPC call (0 = none)')
+  cohort_size: int = s.field(
+      1, s.int_range(1),
+      'G simulated clients per TFF client, trained as one batched '
+      'computation (cohorts/); 1 = one TFF client per client. Results equal '
+      'per-client execution to float tolerance', added=True)
+
+  @classmethod
+  def check(cls, config) -> None:
+    """Cohorts run what they re-implement in batched form only."""
+    if config.runtime.cohort_size == 1:
+      return
+    # pylint: disable=g-import-not-at-top  (model check needs TensorFlow)
+    from tff_compress.cohorts import settings as cohort_settings
+    # pylint: enable=g-import-not-at-top
+    found = cohort_settings.problem(config)
+    if found:
+      raise s.problem(*found)
 
   @property
   def targets(self) -> list[str]:

@@ -1,0 +1,404 @@
+"""Cohort execution: G simulated clients trained as one TFF client.
+
+A TFF client costs the runtime a fixed few milliseconds per federated call
+whatever it computes (`benchmarks/profile_clients.py`), which dominates a
+round of 1,000 clients that each train on 4 examples. A *cohort* is one TFF
+client that carries G simulated clients; the round's K sampled clients
+form K / G cohorts, so the runtime pays per cohort, and the cohort trains
+its G clients in one batched computation (`batched_model.py`).
+
+Per simulated client the cohort does what the per-client process does, in
+the same order and with the same TF code:
+
+1. local training: TFF's model-delta client work — its own copy of the
+   received model, its own batches (`cohorts/data.py`), SGD(M) on the mean
+   loss of each batch (`client.learning_rate`, `client.momentum`); a client
+   out of batches takes no step, not even a momentum one. The update is
+   received − trained; a non-finite update is zeroed with weight 0 (as TFF
+   does);
+2. post-processing, the aggregator's per-client stages
+   (`fedavg/registry.build_aggregator` without a cohort):
+
+   * FedAvg: the uplink codec's message of the update and its decoding
+     (`aggregators.encode_update` / `decode_update`, seeded by the update
+     itself and the round), weighted by the example count;
+   * DP-FedAvg (`dp.mode=user`, fixed clip): zeroing of a non-finite or
+     over-`dp.zeroing_norm` update (`aggregators.zero_bad_value`), the DP
+     query's own clip to C (`preprocess_record` of
+     `privacy/factories.dp_query`), the codec under the decoded-norm bound
+     (`factories.encode_record` / `decode_record`), weight 1;
+
+3. the cohort sends the *sum* of its clients' weighted decoded updates and
+   the sum of their weights; `bytes_up` counts each simulated client's own
+   message (what the per-client path counts).
+
+The server then divides the total by the total weight (FedAvg:
+`CohortMeanFactory`, the global example-weighted mean) or, under DP, adds
+N(0, σ²C²) once to the total of the K clipped records and divides by K
+(`CohortDpSumFactory`). The result equals per-client simulation to float
+tolerance (tests/cohorts/).
+
+Why ε does not change: the server's output is the same function of the K
+clipped records as TFF's DP-FedAvg — each real client's record is clipped
+to C on its own before any sum, so adding or removing one client moves the
+noised total by at most C whatever cohort it sits in, and the noise is
+N(0, σ²C²) once per round. A cohort is a simulation device: the sum of its
+records is not a record, and nothing is clipped or noised at its level.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_compress.cohorts import batched_model
+from tff_compress.cohorts import data as cohort_data
+from tff_compress.encoders import bounded
+from tff_compress.encoders import chain as chain_lib
+from tff_compress.encoders import settings as codec_settings
+from tff_compress.encoders import structure
+from tff_compress.learning import aggregators
+from tff_compress.learning import counters
+from tff_compress.privacy import factories as dp_factories
+from tff_compress.privacy import settings as privacy_settings
+
+ClientResult = tff.learning.templates.ClientResult
+
+
+@dataclasses.dataclass(frozen=True)
+class CohortTraining:
+  """How a cohort's clients train and post-process their updates.
+
+  Attributes:
+    size: G, simulated clients per cohort.
+    learning_rate: Local SGD step size.
+    momentum: Local SGD momentum (0 = none).
+    uplink: The uplink codec of every simulated client.
+    seed: The config seed (codec seeds).
+    dp: The DP settings; `dp.user_level` with a fixed clip, or none.
+    clients_per_round: K (the DP query's denominator).
+  """
+
+  size: int
+  learning_rate: float
+  momentum: float
+  uplink: codec_settings.CodecSettings
+  seed: int
+  dp: privacy_settings.DpSettings
+  clients_per_round: int
+
+
+def _where_rows(active, new, old):
+  """Per client (dim 0): `new` where `active`, else `old`."""
+  shape = tf.concat([tf.shape(active), tf.ones([tf.rank(new) - 1], tf.int32)],
+                    0)
+  return tf.where(tf.reshape(active, shape), new, old)
+
+
+def train_cohort(model: batched_model.BatchedModel, initial, dataset,
+                 learning_rate: float, momentum: float):
+  """Local SGD(M) of G clients from the same `initial` weights (TF code).
+
+  Args:
+    model: The batched forward pass.
+    initial: The received trainable weights (list, unstacked).
+    dataset: Cohort steps (`cohort_data.element_spec`).
+    learning_rate, momentum: TFF's `build_sgdm`: with momentum
+      ``m ← μm + g, w ← w − ηm``, else ``w ← w − ηg``.
+
+  Returns:
+    ``(updates, examples, loss_sum, correct)``: per-client updates
+    ``received − trained`` (each ``[G, ...]``), examples trained ``[G]``,
+    and the metric sums over all rows (loss × rows, correct predictions).
+  """
+  spec = dataset.element_spec
+  g = spec['mask'].shape[0]
+  # Tuples: tf.data would pack a list of tensors into one tensor.
+  w0 = tuple(tf.repeat(t[None], g, axis=0) for t in initial)
+  mom = tuple(tf.zeros_like(t) for t in w0) if momentum else ()
+
+  def step(state, batch):
+    w, m, examples, loss_sum, correct = state
+    mask = batch['mask']
+    rows = tf.reduce_sum(mask, axis=1)  # [G]
+    active = rows > 0
+    with tf.GradientTape() as tape:
+      tape.watch(w)
+      logits = model.forward(w, batch['x'])
+      ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels=batch['y'], logits=logits)
+      # Each client's loss is the mean over its own rows (TFF/Keras), and
+      # the clients' losses are independent: d(sum)/d(w_g) = grad of g's.
+      per_client = tf.reduce_sum(ce * mask, axis=1) / tf.maximum(rows, 1.0)
+      total = tf.reduce_sum(per_client)
+    grads = tape.gradient(total, w)
+    if momentum:
+      m = tuple(_where_rows(active, momentum * a + gr, a)
+                for a, gr in zip(m, grads))
+      w = tuple(_where_rows(active, v - learning_rate * a, v)
+                for v, a in zip(w, m))
+    else:
+      w = tuple(_where_rows(active, v - learning_rate * gr, v)
+                for v, gr in zip(w, grads))
+    hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                            batch['y']), tf.float32)
+    return (w, m, examples + rows, loss_sum + tf.reduce_sum(ce * mask),
+            correct + tf.reduce_sum(hits * mask))
+
+  zero = tf.constant(0.0)
+  w, _, examples, loss_sum, correct = dataset.reduce(
+      (w0, mom, tf.zeros([g]), zero, zero), step)
+  updates = [a - b for a, b in zip(w0, w)]
+  return updates, examples, loss_sum, correct
+
+
+class CohortPostProcessing:
+  """Each simulated client's aggregator stages, summed over the cohort.
+
+  Args:
+    spec: The cohort's training settings.
+    update_type: The (unstacked) trainable update's TFF type.
+  """
+
+  def __init__(self, spec: CohortTraining, update_type):
+    self._spec = spec
+    self._coder = structure.StructureCodec(update_type, spec.uplink)
+    self._identity = spec.uplink.is_identity
+    dp = spec.dp
+    self._dp = dp.user_level
+    if self._dp:
+      if dp.adaptive:
+        raise batched_model.CohortError(
+            'cohort execution supports DP-FedAvg with a fixed clip '
+            '(dp.adaptive off)')
+      self._query = dp_factories.dp_query(dp, spec.clients_per_round)
+      if not self._identity:
+        bounded.check_homogeneous(self._coder)
+
+  def _one(self, update, examples, round_num):
+    """(decoded·weight, weight, bytes, zeroed, scale) of one client."""
+    spec = self._spec
+    update, non_finite = _zero_if_non_finite(update)
+    if self._dp:
+      # TFF's client work reports weight 0 for a non-finite update; the
+      # zeroing stage counts it (its weight is ignored under DP).
+      update, flag = aggregators.zero_bad_value(update, spec.dp.zeroing_norm)
+      flag = tf.maximum(flag, non_finite)
+      query = self._query
+      params = query.derive_sample_params(query.initial_global_state())
+      record = query.preprocess_record(params, update)
+      message, scale = dp_factories.encode_record(
+          self._coder, self._identity, record, spec.seed, round_num,
+          float(spec.dp.clip))
+      decoded = dp_factories.decode_record(self._coder, self._identity,
+                                           message)
+      sent = chain_lib.payload_bytes(message)
+      weight = tf.constant(1.0)
+    else:
+      weight = tf.where(non_finite > 0, 0.0, examples)
+      message = aggregators.encode_update(self._coder, self._identity,
+                                          update, spec.seed, round_num)
+      decoded = aggregators.decode_update(self._coder, self._identity,
+                                          message)
+      sent = chain_lib.payload_bytes((message, weight))
+      flag, scale = non_finite, tf.constant(1.0)
+      decoded = [weight * t for t in tf.nest.flatten(decoded)]
+    return (list(tf.nest.flatten(decoded)), weight, tf.cast(sent, tf.int64),
+            flag, scale)
+
+  def __call__(self, updates, examples, round_num):
+    """Sums over the cohort's clients (TF code).
+
+    Returns:
+      ``(total, weight, bytes_up, zeroed, scale_sum)``: Σ of the clients'
+      weighted decoded updates, Σ weights, Σ message bytes, clients
+      zeroed, Σ of the DP bound scales.
+    """
+    if self._identity and not self._dp:  # no per-client codec: vectorized
+      flat_ok = [tf.reduce_all(tf.math.is_finite(
+          tf.reshape(u, [tf.shape(u)[0], -1])), axis=1) for u in updates]
+      ok = tf.reduce_all(tf.stack(flat_ok), axis=0)
+      weight = tf.where(ok, examples, 0.0)
+      total = [tf.reduce_sum(_where_rows(ok, u, tf.zeros_like(u)) *
+                             tf.reshape(weight, [-1] + [1] * (len(u.shape) - 1)),
+                             axis=0) for u in updates]
+      per_client = chain_lib.payload_bytes(
+          ([u[0] for u in updates], weight[0]))
+      g = tf.shape(examples)[0]
+      return (total, tf.reduce_sum(weight),
+              tf.cast(per_client, tf.int64) * tf.cast(g, tf.int64),
+              tf.reduce_sum(1 - tf.cast(ok, tf.int32)),
+              tf.cast(g, tf.float32))
+    signature = (
+        [tf.TensorSpec(u.shape[1:], u.dtype) for u in updates],
+        tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int64),
+        tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32))
+    decoded, weight, sent, flag, scale = tf.map_fn(
+        lambda a: self._one(a[0], a[1], round_num), (updates, examples),
+        fn_output_signature=signature)
+    return ([tf.reduce_sum(d, axis=0) for d in decoded],
+            tf.reduce_sum(weight), tf.reduce_sum(sent),
+            tf.reduce_sum(flag), tf.reduce_sum(scale))
+
+
+def _zero_if_non_finite(update):
+  """(update or zeros, int32 1 if it had a NaN/Inf)."""
+  flat = tf.nest.flatten(update)
+  ok = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in flat])
+  return ([tf.where(ok, t, tf.zeros_like(t)) for t in flat],
+          1 - tf.cast(ok, tf.int32))
+
+
+def build_cohort_client_work(
+    spec: CohortTraining, keras_model_fn, model_weights_type, input_shape
+) -> tff.learning.templates.ClientWorkProcess:
+  """The cohort client work: G clients' training and post-processing.
+
+  Its result is ``ClientResult(update=Σ weighted decoded updates,
+  update_weight=Σ weights)`` per cohort; its measurements are the
+  standard `train` metrics (loss, accuracy over all simulated clients'
+  rows) and the aggregator figures the per-client path reports
+  (`bytes_up`, `zeroed`, `bound_scale`), which move here because the
+  cohort runs the per-client stages.
+
+  Args:
+    spec: The cohort settings.
+    keras_model_fn: Builds the (supported, `batched_model.check`) model.
+    model_weights_type: The `ModelWeights` type the distributor sends.
+    input_shape: One example's shape.
+  """
+  model = batched_model.BatchedModel(keras_model_fn())
+  update_type = model_weights_type.trainable
+  post = CohortPostProcessing(spec, update_type)
+  data_type = tff.SequenceType(tff.types.tensorflow_to_type(
+      cohort_data.element_spec(input_shape, spec.size)))
+  counter = counters.RoundCounter(0)
+
+  @tff.tensorflow.computation(model_weights_type, data_type, np.int64)
+  def cohort_update(weights, dataset, round_num):
+    initial = list(tf.nest.flatten(weights.trainable))
+    updates, examples, loss_sum, correct = train_cohort(
+        model, initial, dataset, spec.learning_rate, spec.momentum)
+    total, weight, sent, zeroed, scale = post(updates, examples, round_num)
+    result = ClientResult(
+        update=tf.nest.pack_sequence_as(weights.trainable, total),
+        update_weight=weight)
+    sums = collections.OrderedDict(
+        loss=loss_sum, correct=correct, rows=tf.reduce_sum(examples),
+        clients=tf.cast(tf.shape(examples)[0], tf.float32),
+        bytes_up=sent, zeroed=zeroed, bound_scale=scale)
+    return result, sums
+
+  sums_type = cohort_update.type_signature.result[1]
+
+  @tff.tensorflow.computation(sums_type)
+  def finalize(s):
+    rows = tf.maximum(s['rows'], 1.0)
+    return collections.OrderedDict(
+        train=collections.OrderedDict(loss=s['loss'] / rows,
+                                      accuracy=s['correct'] / rows,
+                                      num_examples=s['rows']),
+        bytes_up=s['bytes_up'], zeroed=s['zeroed'],
+        bound_scale=s['bound_scale'] / tf.maximum(s['clients'], 1.0))
+
+  @tff.federated_computation()
+  def init_fn():
+    return counter.initialize_at_server()
+
+  @tff.federated_computation(
+      init_fn.type_signature.result,
+      tff.FederatedType(model_weights_type, tff.CLIENTS),
+      tff.FederatedType(data_type, tff.CLIENTS))
+  def next_fn(state, weights, data):
+    result, sums = tff.federated_map(
+        cohort_update, (weights, data, tff.federated_broadcast(state)))
+    return tff.templates.MeasuredProcessOutput(
+        state=counter.next_at_server(state), result=result,
+        measurements=tff.federated_map(finalize, tff.federated_sum(sums)))
+
+  return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
+
+
+class CohortMeanFactory(tff.aggregators.WeightedAggregationFactory):
+  """Σ over cohorts of their weighted sums / Σ of their weights.
+
+  A cohort's value is already Σ_g w_g·u_g: this is the global weighted
+  mean Σ w u / Σ w of the per-client path (TFF's `MeanFactory` would
+  multiply by the weight again). A round whose weights are all 0 gives
+  zeros, as `MeanFactory` does.
+  """
+
+  def create(self, value_type, weight_type):
+
+    @tff.tensorflow.computation(value_type, weight_type)
+    def divide(total, weight):
+      return tf.nest.map_structure(
+          lambda t: tf.math.divide_no_nan(t, weight), total)
+
+    @tff.federated_computation()
+    def init_fn():
+      return tff.federated_value((), tff.SERVER)
+
+    @tff.federated_computation(init_fn.type_signature.result,
+                               tff.FederatedType(value_type, tff.CLIENTS),
+                               tff.FederatedType(weight_type, tff.CLIENTS))
+    def next_fn(state, value, weight):
+      mean = tff.federated_map(divide, (tff.federated_sum(value),
+                                        tff.federated_sum(weight)))
+      return tff.templates.MeasuredProcessOutput(
+          state=state, result=mean,
+          measurements=tff.federated_value((), tff.SERVER))
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+class CohortDpSumFactory(tff.aggregators.UnweightedAggregationFactory):
+  """DP-FedAvg's server step on cohort sums of clipped records.
+
+  Total of the cohorts' sums + N(0, σ²C²) per coordinate (the Gaussian
+  query of `dp_factories.gaussian_noise`, added once), / K.
+
+  Args:
+    dp: DP settings (fixed clip).
+    clients_per_round: K.
+  """
+
+  def __init__(self, dp: privacy_settings.DpSettings,
+               clients_per_round: int):
+    self._noise = dp_factories.gaussian_noise(dp)
+    self._k = float(clients_per_round)
+
+  def create(self, value_type):
+    noise, k = self._noise, self._k
+
+    @tff.tensorflow.computation(value_type)
+    def noised_mean(total):
+      flat = noise(tf.nest.flatten(total))
+      return tf.nest.pack_sequence_as(total, [t / k for t in flat])
+
+    @tff.federated_computation()
+    def init_fn():
+      return tff.federated_value((), tff.SERVER)
+
+    @tff.federated_computation(init_fn.type_signature.result,
+                               tff.FederatedType(value_type, tff.CLIENTS))
+    def next_fn(state, value):
+      return tff.templates.MeasuredProcessOutput(
+          state=state,
+          result=tff.federated_map(noised_mean, tff.federated_sum(value)),
+          measurements=tff.federated_value((), tff.SERVER))
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+def build_aggregator(spec: CohortTraining
+                     ) -> tff.aggregators.WeightedAggregationFactory:
+  """The server side of the cohorts' sums (TFF's learning process passes
+  weights; DP-FedAvg ignores them, as `dp_factories` does)."""
+  if spec.dp.user_level:
+    return tff.aggregators.as_weighted_aggregator(
+        CohortDpSumFactory(spec.dp, spec.clients_per_round))
+  return CohortMeanFactory()
