@@ -1,43 +1,23 @@
 """DP-FedAvg at single-digit ε: 1,000 of 100,000 clients a round, cohorts.
 
-synthetic_iid of Li et al. (FedProx, 2020): N = 100,000 clients generated
-on demand from (seed, client) with LEAF's size law (median 24 examples,
-mean ~100, at most 1,000), all sharing one labelling function, so a global
-model can learn it (a centrally fitted logistic regression: 0.727). LEAF's
-model for it, multinomial logistic regression on the 60 features (610
-parameters); one local epoch of SGD at learning rate 0.05 in batches of 10;
-FedAvg at server learning rate 1.
-
-DP-FedAvg: K = 1,000 clients per round (q = 0.01), fixed clip C = 0.1 (the
-median L2 norm of a client's first-round update, measured over 200
-clients: quartiles 0.06-0.24), noise multiplier σ = 1.2, δ = 1e-5 = 1/N.
-The accountant (privacy/accounting.py) gives ε = 5.3 after the 50 rounds.
-
-Cohort execution (runtime.cohort_size = 250): each round's 1,000 clients
-run as 4 TFF clients, each training 250 clients in one batched
-computation, grouped by size (tff_compress/cohorts/); the result equals
-per-client execution. The trade-off sweep around it:
+configs/scale.py (synthetic_iid, N = 100,000, K = 1,000, logistic model,
+FedAvgM, 50 rounds, runtime.cohort_size = 250) with user-level DP-FedAvg:
+every client's update clipped to C = 0.1, noise N(0, σ²C²) added once per
+round to the sum, σ = 1.2, δ = 1e-5 = 1/N. The accountant
+(privacy/accounting.py: sampling without replacement, replace-one) gives
+ε = 5.3 after the 50 rounds. The trade-off sweep around it (σ, codecs):
 configs/tradeoff_dp_scale.py.
 """
+
+import os
 
 from tff_compress import config_lib
 
 
 def get_config():
-  config = config_lib.default_config()
+  config = config_lib.load_config_file(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)), 'scale.py'))
   config.name = 'dp_scale'
-  config.rounds = 50
-  config.eval_every = 10
-  config.clients_per_round = 1000
-  config.data.name = 'synthetic_iid'
-  config.data.num_clients = 100_000
-  config.data.synthetic_sizes = 'leaf'
-  config.model.name = 'logistic'
-  config.client.learning_rate = 0.05
-  config.client.batch_size = 10
   config.dp.mode = 'user'
   config.dp.noise_multiplier = 1.2
-  config.dp.clip = 0.1
-  config.dp.delta = 1e-5
-  config.runtime.cohort_size = 250
   return config

@@ -62,6 +62,7 @@ from tff_compress.encoders import settings as codec_settings
 from tff_compress.encoders import structure
 from tff_compress.learning import aggregators
 from tff_compress.learning import counters
+from tff_compress.learning import keyed
 from tff_compress.privacy import factories as dp_factories
 from tff_compress.privacy import settings as privacy_settings
 
@@ -100,11 +101,12 @@ def _where_rows(active, new, old):
 
 def train_cohort(model: batched_model.BatchedModel, initial, dataset,
                  learning_rate: float, momentum: float):
-  """Local SGD(M) of G clients from the same `initial` weights (TF code).
+  """Local SGD(M) of G clients, each from its own received weights (TF code).
 
   Args:
     model: The batched forward pass.
-    initial: The received trainable weights (list, unstacked).
+    initial: Each client's received trainable weights, stacked (list of
+      ``[G, ...]``).
     dataset: Cohort steps (`cohort_data.element_spec`).
     learning_rate, momentum: TFF's `build_sgdm`: with momentum
       ``m ← μm + g, w ← w − ηm``, else ``w ← w − ηg``.
@@ -114,10 +116,9 @@ def train_cohort(model: batched_model.BatchedModel, initial, dataset,
     ``received − trained`` (each ``[G, ...]``), examples trained ``[G]``,
     and the metric sums over all rows (loss × rows, correct predictions).
   """
-  spec = dataset.element_spec
-  g = spec['mask'].shape[0]
+  g = dataset.element_spec['mask'].shape[0]
   # Tuples: tf.data would pack a list of tensors into one tensor.
-  w0 = tuple(tf.repeat(t[None], g, axis=0) for t in initial)
+  w0 = tuple(initial)
   mom = tuple(tf.zeros_like(t) for t in w0) if momentum else ()
 
   def step(state, batch):
@@ -155,16 +156,44 @@ def train_cohort(model: batched_model.BatchedModel, initial, dataset,
   return updates, examples, loss_sum, correct
 
 
+@dataclasses.dataclass(frozen=True)
+class CohortSlices:
+  """Federated Dropout in a cohort: each client trains its own slice.
+
+  Attributes:
+    slicing: The slices (`dropout.slicing.MaskSlicing`): pure TF functions
+      of (round, mask key), so a cohort cuts, seeds and scatters each
+      client's slice exactly as the keyed distributor and
+      `keyed.ScatterMeanFactory` do for a TFF client of its own.
+    broadcast: The broadcast codec each client's slice is sent through.
+    sliced_weights_type: A slice's `ModelWeights` type.
+  """
+
+  slicing: object
+  broadcast: codec_settings.CodecSettings
+  sliced_weights_type: object
+
+
 class CohortPostProcessing:
   """Each simulated client's aggregator stages, summed over the cohort.
 
   Args:
     spec: The cohort's training settings.
-    update_type: The (unstacked) trainable update's TFF type.
+    update_type: A client's trainable update's TFF type (its slice's, with
+      `slices`).
+    slices: Federated Dropout's slices, or None (every client trains the
+      whole model).
+    global_type: The global trainable weights' type (needed with `slices`:
+      the shape updates are scattered to).
   """
 
-  def __init__(self, spec: CohortTraining, update_type):
+  def __init__(self, spec: CohortTraining, update_type,
+               slices: Optional[CohortSlices] = None, global_type=None):
+    if slices is not None and global_type is None:
+      raise ValueError('slices need the global trainable type')
     self._spec = spec
+    self._slices = slices
+    self._global_type = global_type
     self._coder = structure.StructureCodec(update_type, spec.uplink)
     self._identity = spec.uplink.is_identity
     dp = spec.dp
@@ -178,53 +207,81 @@ class CohortPostProcessing:
       if not self._identity:
         bounded.check_homogeneous(self._coder)
 
-  def _one(self, update, examples, round_num):
-    """(decoded·weight, weight, bytes, zeroed, scale) of one client."""
+  def _one(self, update, examples, slot, round_num):
+    """(weighted decoded update[, weighted coverage], weight, bytes, zeroed,
+    scale) of one client."""
     spec = self._spec
     update, non_finite = _zero_if_non_finite(update)
+    scale = tf.constant(1.0)
     if self._dp:
       # TFF's client work reports weight 0 for a non-finite update; the
       # zeroing stage counts it (its weight is ignored under DP).
       update, flag = aggregators.zero_bad_value(update, spec.dp.zeroing_norm)
       flag = tf.maximum(flag, non_finite)
+      weight = tf.constant(1.0)
+    else:
+      weight = tf.where(non_finite > 0, 0.0, examples)
+      flag = non_finite
+    clip = float(spec.dp.clip) if self._dp else None
+    if self._slices is not None:
+      # `registry.build_aggregator` with a slicing: the client clips (DP)
+      # and encodes its slice update, the server scatters the decoded one.
+      message = aggregators.encode_update(self._coder, self._identity,
+                                          update, spec.seed, round_num, clip)
+      decoded = aggregators.decode_update(self._coder, self._identity,
+                                          message)
+      sent = chain_lib.payload_bytes((message, weight))
+      slicing = self._slices.slicing
+      key = slicing.mask_key(slot)
+      keyed_round = round_num + 1  # the keyed pieces count rounds from 1
+      full = slicing.scatter(tf.nest.flatten(decoded), keyed_round, key)
+      cover = slicing.coverage(keyed_round, key)
+      return ([weight * t for t in full] + [weight * c for c in cover],
+              weight, tf.cast(sent, tf.int64), flag, scale)
+    if self._dp:
       query = self._query
       params = query.derive_sample_params(query.initial_global_state())
       record = query.preprocess_record(params, update)
       message, scale = dp_factories.encode_record(
-          self._coder, self._identity, record, spec.seed, round_num,
-          float(spec.dp.clip))
+          self._coder, self._identity, record, spec.seed, round_num, clip)
       decoded = dp_factories.decode_record(self._coder, self._identity,
                                            message)
       sent = chain_lib.payload_bytes(message)
-      weight = tf.constant(1.0)
     else:
-      weight = tf.where(non_finite > 0, 0.0, examples)
       message = aggregators.encode_update(self._coder, self._identity,
                                           update, spec.seed, round_num)
       decoded = aggregators.decode_update(self._coder, self._identity,
                                           message)
       sent = chain_lib.payload_bytes((message, weight))
-      flag, scale = non_finite, tf.constant(1.0)
       decoded = [weight * t for t in tf.nest.flatten(decoded)]
     return (list(tf.nest.flatten(decoded)), weight, tf.cast(sent, tf.int64),
             flag, scale)
 
-  def __call__(self, updates, examples, round_num):
+  def __call__(self, updates, examples, slots, round_num):
     """Sums over the cohort's clients (TF code).
+
+    Args:
+      updates: The clients' updates, stacked (list of ``[G, ...]``).
+      examples: float32 ``[G]`` examples each trained on.
+      slots: int32 ``[G]`` the clients' slots in the round.
+      round_num: int64 rounds applied so far (the codecs' seed).
 
     Returns:
       ``(total, weight, bytes_up, zeroed, scale_sum)``: Σ of the clients'
-      weighted decoded updates, Σ weights, Σ message bytes, clients
-      zeroed, Σ of the DP bound scales.
+      weighted decoded updates (with `slices`: scattered to the global
+      shape, followed by the Σ of their weighted coverages), Σ weights,
+      Σ message bytes, clients zeroed, Σ of the DP bound scales.
     """
-    if self._identity and not self._dp:  # no per-client codec: vectorized
+    if self._identity and not self._dp and self._slices is None:
+      # No per-client codec: vectorized.
       flat_ok = [tf.reduce_all(tf.math.is_finite(
           tf.reshape(u, [tf.shape(u)[0], -1])), axis=1) for u in updates]
       ok = tf.reduce_all(tf.stack(flat_ok), axis=0)
       weight = tf.where(ok, examples, 0.0)
-      total = [tf.reduce_sum(_where_rows(ok, u, tf.zeros_like(u)) *
-                             tf.reshape(weight, [-1] + [1] * (len(u.shape) - 1)),
-                             axis=0) for u in updates]
+      total = [tf.reduce_sum(
+          _where_rows(ok, u, tf.zeros_like(u)) *
+          tf.reshape(weight, [-1] + [1] * (len(u.shape) - 1)), axis=0)
+               for u in updates]
       per_client = chain_lib.payload_bytes(
           ([u[0] for u in updates], weight[0]))
       g = tf.shape(examples)[0]
@@ -232,13 +289,17 @@ class CohortPostProcessing:
               tf.cast(per_client, tf.int64) * tf.cast(g, tf.int64),
               tf.reduce_sum(1 - tf.cast(ok, tf.int32)),
               tf.cast(g, tf.float32))
+    if self._slices is None:
+      shapes = [u.shape[1:] for u in updates]
+    else:
+      shapes = [t.shape for t in self._global_type] * 2
     signature = (
-        [tf.TensorSpec(u.shape[1:], u.dtype) for u in updates],
+        [tf.TensorSpec(shape, tf.float32) for shape in shapes],
         tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int64),
         tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32))
     decoded, weight, sent, flag, scale = tf.map_fn(
-        lambda a: self._one(a[0], a[1], round_num), (updates, examples),
-        fn_output_signature=signature)
+        lambda a: self._one(a[0], a[1], a[2], round_num),
+        (updates, examples, slots), fn_output_signature=signature)
     return ([tf.reduce_sum(d, axis=0) for d in decoded],
             tf.reduce_sum(weight), tf.reduce_sum(sent),
             tf.reduce_sum(flag), tf.reduce_sum(scale))
@@ -252,57 +313,117 @@ def _zero_if_non_finite(update):
           1 - tf.cast(ok, tf.int32))
 
 
+def _receive_slices(slices: CohortSlices, weights, slots, round_num):
+  """Each client's received slice, stacked, and the bytes it received.
+
+  What the keyed distributor sends a client of slot k: the mask key's
+  slice of the global model, through the broadcast codec seeded by
+  (round, key) (`learning/keyed.build_keyed_distributor`).
+  """
+  slicing = slices.slicing
+  codec = slices.broadcast
+  coder = (None if codec.is_identity else
+           structure.StructureCodec(slices.sliced_weights_type, codec))
+  trainable = list(tf.nest.flatten(weights.trainable))
+  non_trainable = list(tf.nest.flatten(weights.non_trainable))
+  keyed_round = round_num + 1
+
+  def one(slot):
+    key = slicing.mask_key(slot)
+    sliced = tff.learning.models.ModelWeights(
+        trainable=slicing.gather(trainable, keyed_round, key),
+        non_trainable=non_trainable)
+    if coder is None:
+      return list(sliced.trainable), chain_lib.payload_bytes(sliced)
+    seed = slicing.codec_seed(keyed_round, key)
+    message = collections.OrderedDict(payload=coder.encode(sliced, seed),
+                                      seed=seed)
+    received = coder.decode(message['payload'], seed)
+    return (list(tf.nest.flatten(received.trainable)),
+            chain_lib.payload_bytes(tuple(tf.nest.flatten(message))))
+
+  shapes = [t.shape for t in slices.sliced_weights_type.trainable]
+  received, sent = tf.map_fn(one, slots, fn_output_signature=(
+      [tf.TensorSpec(shape, tf.float32) for shape in shapes],
+      tf.TensorSpec([], tf.int64)))
+  return received, tf.reduce_sum(tf.cast(sent, tf.int64))
+
+
 def build_cohort_client_work(
-    spec: CohortTraining, keras_model_fn, model_weights_type, input_shape
+    spec: CohortTraining, keras_model_fn, model_weights_type, input_shape,
+    slices: Optional[CohortSlices] = None,
 ) -> tff.learning.templates.ClientWorkProcess:
   """The cohort client work: G clients' training and post-processing.
 
   Its result is ``ClientResult(update=Σ weighted decoded updates,
-  update_weight=Σ weights)`` per cohort; its measurements are the
-  standard `train` metrics (loss, accuracy over all simulated clients'
-  rows) and the aggregator figures the per-client path reports
-  (`bytes_up`, `zeroed`, `bound_scale`), which move here because the
-  cohort runs the per-client stages.
+  update_weight=Σ weights)`` per cohort — with `slices`, the update is
+  ``OrderedDict(total=Σ scattered weighted updates, counts=Σ weighted
+  coverages)`` on the global shape, for `CohortScatterMeanFactory`. Its
+  measurements are the standard `train` metrics (loss, accuracy over all
+  simulated clients' rows) and the figures the per-client path's
+  aggregator reports (`bytes_up`, `zeroed`, `bound_scale`) — and, with
+  `slices`, the distributor's `bytes_down` — which move here because the
+  cohort runs those per-client stages.
 
   Args:
     spec: The cohort settings.
-    keras_model_fn: Builds the (supported, `batched_model.check`) model.
-    model_weights_type: The `ModelWeights` type the distributor sends.
+    keras_model_fn: Builds the model a client trains (a submodel with
+      `slices`; supported by `batched_model.check`).
+    model_weights_type: The `ModelWeights` type the distributor sends (the
+      global model's).
     input_shape: One example's shape.
+    slices: Federated Dropout, or None.
   """
   model = batched_model.BatchedModel(keras_model_fn())
-  update_type = model_weights_type.trainable
-  post = CohortPostProcessing(spec, update_type)
+  update_type = (model_weights_type.trainable if slices is None else
+                 slices.sliced_weights_type.trainable)
+  post = CohortPostProcessing(spec, update_type, slices,
+                              global_type=model_weights_type.trainable)
   data_type = tff.SequenceType(tff.types.tensorflow_to_type(
       cohort_data.element_spec(input_shape, spec.size)))
   counter = counters.RoundCounter(0)
+  g = spec.size
 
   @tff.tensorflow.computation(model_weights_type, data_type, np.int64)
   def cohort_update(weights, dataset, round_num):
-    initial = list(tf.nest.flatten(weights.trainable))
+    slots = dataset.take(1).get_single_element()['slot']
+    if slices is None:
+      initial = [tf.repeat(t[None], g, axis=0)
+                 for t in tf.nest.flatten(weights.trainable)]
+      down = tf.constant(0, tf.int64)
+    else:
+      initial, down = _receive_slices(slices, weights, slots, round_num)
     updates, examples, loss_sum, correct = train_cohort(
         model, initial, dataset, spec.learning_rate, spec.momentum)
-    total, weight, sent, zeroed, scale = post(updates, examples, round_num)
-    result = ClientResult(
-        update=tf.nest.pack_sequence_as(weights.trainable, total),
-        update_weight=weight)
+    total, weight, sent, zeroed, scale = post(updates, examples, slots,
+                                              round_num)
+    if slices is None:
+      update = tf.nest.pack_sequence_as(weights.trainable, total)
+    else:
+      n = len(total) // 2
+      update = collections.OrderedDict(
+          total=tf.nest.pack_sequence_as(weights.trainable, total[:n]),
+          counts=tf.nest.pack_sequence_as(weights.trainable, total[n:]))
     sums = collections.OrderedDict(
         loss=loss_sum, correct=correct, rows=tf.reduce_sum(examples),
         clients=tf.cast(tf.shape(examples)[0], tf.float32),
-        bytes_up=sent, zeroed=zeroed, bound_scale=scale)
-    return result, sums
+        bytes_up=sent, bytes_down=down, zeroed=zeroed, bound_scale=scale)
+    return ClientResult(update=update, update_weight=weight), sums
 
   sums_type = cohort_update.type_signature.result[1]
 
   @tff.tensorflow.computation(sums_type)
   def finalize(s):
     rows = tf.maximum(s['rows'], 1.0)
-    return collections.OrderedDict(
+    out = collections.OrderedDict(
         train=collections.OrderedDict(loss=s['loss'] / rows,
                                       accuracy=s['correct'] / rows,
                                       num_examples=s['rows']),
         bytes_up=s['bytes_up'], zeroed=s['zeroed'],
         bound_scale=s['bound_scale'] / tf.maximum(s['clients'], 1.0))
+    if slices is not None:
+      out['bytes_down'] = s['bytes_down']
+    return out
 
   @tff.federated_computation()
   def init_fn():
@@ -394,10 +515,64 @@ class CohortDpSumFactory(tff.aggregators.UnweightedAggregationFactory):
     return tff.templates.AggregationProcess(init_fn, next_fn)
 
 
-def build_aggregator(spec: CohortTraining
+class CohortScatterMeanFactory(tff.aggregators.WeightedAggregationFactory):
+  """Federated Dropout's per-coordinate mean of the cohorts' scattered sums.
+
+  A cohort's value is ``OrderedDict(total=Σ_g w_g·scatter(û_g),
+  counts=Σ_g w_g·coverage_g)``: the server adds them up, adds DP noise once
+  to the total (DP-FedAvg: the records are the clipped slices, so adding
+  N(0, σ²C²) to the scattered sum is `keyed.ScatterMeanFactory`'s DP
+  factory without its 1/K and its ×K), and divides per coordinate
+  (`keyed.count_average`: 0 where no client trained a coordinate).
+
+  Args:
+    noise: `dp_factories.gaussian_noise` under DP, else None.
+  """
+
+  def __init__(self, noise=None):
+    self._noise = noise
+
+  def create(self, value_type, weight_type):
+    noise = self._noise
+
+    @tff.tensorflow.computation(value_type)
+    def average(summed):
+      total = summed['total']
+      if noise is not None:
+        total = tf.nest.pack_sequence_as(
+            total, noise(tf.nest.flatten(total)))
+      return keyed.count_average(total, summed['counts'])
+
+    @tff.federated_computation()
+    def init_fn():
+      return tff.federated_value((), tff.SERVER)
+
+    @tff.federated_computation(init_fn.type_signature.result,
+                               tff.FederatedType(value_type, tff.CLIENTS),
+                               tff.FederatedType(weight_type, tff.CLIENTS))
+    def next_fn(state, value, weight):
+      del weight  # inside the counts
+      mean, untrained = tff.federated_map(average, tff.federated_sum(value))
+      return tff.templates.MeasuredProcessOutput(
+          state=state, result=mean,
+          measurements=tff.federated_zip(collections.OrderedDict(
+              untrained_fraction=untrained)))
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+def build_aggregator(spec: CohortTraining, sliced: bool = False
                      ) -> tff.aggregators.WeightedAggregationFactory:
   """The server side of the cohorts' sums (TFF's learning process passes
-  weights; DP-FedAvg ignores them, as `dp_factories` does)."""
+  weights; DP-FedAvg ignores them, as `dp_factories` does).
+
+  Args:
+    spec: The cohort settings.
+    sliced: The cohorts train Federated Dropout slices.
+  """
+  if sliced:
+    return CohortScatterMeanFactory(
+        dp_factories.gaussian_noise(spec.dp) if spec.dp.user_level else None)
   if spec.dp.user_level:
     return tff.aggregators.as_weighted_aggregator(
         CohortDpSumFactory(spec.dp, spec.clients_per_round))

@@ -8,6 +8,8 @@ Step s of the cohort holds batch s of every client, padded to R <= B rows:
   x     float32 ``[G, R, ...]``  the rows (zeros where padded)
   y     int32   ``[G, R]``       the labels (0 where padded)
   mask  float32 ``[G, R]``       1 for a real row, 0 for padding
+  slot  int32   ``[G]``          each client's slot among the round's K
+                                 (its Federated Dropout mask key)
 
 A cohort has ``S = max_g ceil(E·n_g / B)`` steps; a client with fewer
 batches has all-zero masks in its last steps, and the cohort's training
@@ -17,7 +19,7 @@ leaves it untouched there (`cohorts/client_work.py`).
 from __future__ import annotations
 
 import collections
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -33,15 +35,21 @@ def element_spec(input_shape: Sequence[int],
   return collections.OrderedDict(
       x=tf.TensorSpec([g, None, *input_shape], tf.float32),
       y=tf.TensorSpec([g, None], tf.int32),
-      mask=tf.TensorSpec([g, None], tf.float32))
+      mask=tf.TensorSpec([g, None], tf.float32),
+      slot=tf.TensorSpec([g], tf.int32))
 
 
 def stack_clients(clients: Sequence[tuple[np.ndarray, np.ndarray, int]], *,
-                  batch_size: int, epochs: int) -> collections.OrderedDict:
+                  batch_size: int, epochs: int,
+                  slots: Optional[Sequence[int]] = None
+                  ) -> collections.OrderedDict:
   """The stacked batches of clients ``(x, y, shuffle_seed)``, as arrays.
 
+  `slots` are the clients' slots in the round (default 0..G-1).
+
   Returns:
-    ``OrderedDict(x [S, G, R, ...], y [S, G, R], mask [S, G, R])``, with
+    ``OrderedDict(x [S, G, R, ...], y [S, G, R], mask [S, G, R],
+    slot [S, G])``, with
     ``R = min(B, max_g E·n_g)`` rows per step: when every client holds
     fewer than B examples, no batch can be full, and padding to B would
     only move zeros (5x the data for 4-example clients in batches of 20).
@@ -78,11 +86,17 @@ def stack_clients(clients: Sequence[tuple[np.ndarray, np.ndarray, int]], *,
       xs[full, j, :rest] = x[tail]
       ys[full, j, :rest] = y[tail]
       mask[full, j, :rest] = 1.0
-  return collections.OrderedDict(x=xs, y=ys, mask=mask)
+  slots = np.arange(g) if slots is None else np.asarray(slots)
+  if slots.shape != (g,):
+    raise federated_data.DataError(f'{len(slots)} slots for {g} clients')
+  return collections.OrderedDict(
+      x=xs, y=ys, mask=mask,
+      slot=np.broadcast_to(slots.astype(np.int32), (steps, g)).copy())
 
 
 def cohort_dataset(clients: Sequence[tuple[np.ndarray, np.ndarray, int]], *,
-                   batch_size: int, epochs: int) -> tf.data.Dataset:
+                   batch_size: int, epochs: int,
+                   slots: Optional[Sequence[int]] = None) -> tf.data.Dataset:
   """`stack_clients` as a dataset of cohort steps (one TFF client's data)."""
-  return tf.data.Dataset.from_tensor_slices(
-      stack_clients(clients, batch_size=batch_size, epochs=epochs))
+  return tf.data.Dataset.from_tensor_slices(stack_clients(
+      clients, batch_size=batch_size, epochs=epochs, slots=slots))

@@ -27,7 +27,6 @@ def problem(config) -> Optional[tuple[str, str]]:
             f'clients_per_round={k}; every cohort holds the same number of '
             'clients')
   # pylint: disable=g-import-not-at-top  (section classes import these)
-  from tff_compress.dropout import settings as dropout_settings
   from tff_compress.faults import settings as fault_settings
   from tff_compress.pruning import settings as pruning_settings
   from tff_compress.tiers import settings as tier_settings
@@ -45,9 +44,6 @@ def problem(config) -> Optional[tuple[str, str]]:
        'dp.clip'),
       ('secagg.enabled', config.secagg.enabled,
        'the secure sum is per client'),
-      ('dropout.*', dropout_settings.DropoutSettings.from_config(
-          config.dropout).active,
-       'Federated Dropout gives each client its own submodel'),
       ('faults.*', fault_settings.FaultSettings.from_config(
           config.faults).active,
        'client faults pick clients one by one'),

@@ -276,25 +276,33 @@ class FedAvg(algorithm_lib.Algorithm):
     `bytes_down` is the per-cohort figure times K / cohorts.
     """
     g, c = training.cohort_size, self._ts.client
+    # A client's slot is its position in `picked`, as in a per-client
+    # round (its Federated Dropout mask key).
+    slots = sorted(range(len(picked)), key=lambda j: self._sizes[picked[j]])
     clients = []
-    for index in sorted(picked, key=lambda i: self._sizes[i]):
+    for j in slots:
+      index = int(picked[j])
       x, y = self._data.client_arrays(self._data.client_ids[index])
       clients.append((x, y, sampling.shuffle_seed(self._run.seed, round_num,
-                                                  int(index))))
+                                                  index)))
     cohorts = [cohort_data.cohort_dataset(
-        clients[a:a + g], batch_size=c.batch_size, epochs=c.epochs)
-               for a in range(0, len(clients), g)]
+        clients[a:a + g], batch_size=c.batch_size, epochs=c.epochs,
+        slots=slots[a:a + g]) for a in range(0, len(clients), g)]
     output = training.process.next(state, cohorts)
     m = output.metrics
     work = m['client_work']
+    if 'bytes_down' in work:  # each client's own slice (Federated Dropout)
+      bytes_down = int(work['bytes_down'])
+    else:
+      bytes_down = (int(m['distributor']['bytes_down']) // len(cohorts)
+                    * len(picked))
     plan = fault_schedule.plan_round(
         self._ts.faults, self._run.seed, round_num, picked, examples,
         self._run.clients_per_round)
     row = {
         'train_loss': float(work['train']['loss']),
         'train_accuracy': float(work['train']['accuracy']),
-        'bytes_down': int(m['distributor']['bytes_down']) // len(cohorts)
-                      * len(picked),
+        'bytes_down': bytes_down,
         'bytes_up': int(work['bytes_up']),
         'client_flops': float(np.mean(
             [n * training.client_task.train_flops_per_example

@@ -14,6 +14,7 @@ from tff_compress.dropout import submodel as submodel_lib
 from tff_compress.faults import client_work as fault_client_work
 from tff_compress.fedavg import registry
 from tff_compress.fedavg import settings
+from tff_compress.learning import distributors
 from tff_compress.learning import keyed
 from tff_compress.learning import task as task_lib
 from tff_compress.personalization import local_layers
@@ -64,26 +65,49 @@ def cohort_spec(ts: settings.TrainingSettings) -> cohort_work.CohortTraining:
 
 def build_cohort_learning_process(
     ts: settings.TrainingSettings, task: task_lib.Task
-) -> tff.learning.templates.LearningProcess:
+) -> tuple[tff.learning.templates.LearningProcess, task_lib.Task,
+           Optional[submodel_lib.SubmodelPlan]]:
   """Cohort execution: every TFF client trains `ts.cohort_size` clients.
 
   The registry's distributor and server optimizer; the cohort client work
   (`cohorts/client_work.py`: batched local SGD, then each simulated
-  client's aggregator stages) and the cohorts' server-side sum.
+  client's aggregator stages) and the cohorts' server-side sum. With
+  Federated Dropout the cohort receives the global model and cuts each
+  client's slice itself (`MaskSlicing`, as the keyed distributor does).
+
+  Returns:
+    (process, the task a client trains, the dropout plan or None).
   """
   initial_weights_fn = build_initial_weights_fn(task)
   model_weights_type = initial_weights_fn.type_signature.result
   spec = cohort_spec(ts)
+  plan = dropout_plan(ts, task)
+  slices, client_task = None, task
+  if plan is not None:
+    client_task = task.with_widths(
+        plan.widths, plan.scales if ts.dropout.rescale else None)
+    slices = cohort_work.CohortSlices(
+        slicing=dropout_slicing.MaskSlicing(
+            plan, ts.seed, ts.dropout.per_client_masks,
+            ts.clients_per_round),
+        broadcast=ts.broadcast,
+        sliced_weights_type=build_initial_weights_fn(
+            client_task).type_signature.result)
+    distributor = distributors.build_plain_broadcast(model_weights_type)
+  else:
+    distributor = registry.build_distributor(ts, model_weights_type)
   client_work = cohort_work.build_cohort_client_work(
-      spec, task.keras_model_fn, model_weights_type,
-      tuple(task.input_spec['x'].shape[1:]))
-  aggregator = cohort_work.build_aggregator(spec).create(
-      model_weights_type.trainable, tff.TensorType(np.float32))
+      spec, client_task.keras_model_fn, model_weights_type,
+      tuple(task.input_spec['x'].shape[1:]), slices)
+  update_type = client_work.next.type_signature.result.result.member.update
+  aggregator = cohort_work.build_aggregator(spec, sliced=plan is not None
+                                            ).create(
+      update_type, tff.TensorType(np.float32))
   finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
       registry.build_server_optimizer(ts.server), model_weights_type)
-  return tff.learning.templates.compose_learning_process(
-      initial_weights_fn, registry.build_distributor(ts, model_weights_type),
-      client_work, aggregator, finalizer)
+  process = tff.learning.templates.compose_learning_process(
+      initial_weights_fn, distributor, client_work, aggregator, finalizer)
+  return process, client_task, plan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,8 +325,8 @@ def build_training(ts: settings.TrainingSettings,
   if ts.pruning.active:
     return build_pruned_training(ts, task)
   if ts.cohort_size > 1:
-    return Training(build_cohort_learning_process(ts, task), task,
-                    cohort_size=ts.cohort_size)
+    process, client_task, plan = build_cohort_learning_process(ts, task)
+    return Training(process, client_task, plan, cohort_size=ts.cohort_size)
   plan = dropout_plan(ts, task)
   injects = ts.faults.poisons
   if plan is None:

@@ -14,8 +14,10 @@ from tff_compress.cohorts import batched_model
 from tff_compress.cohorts import client_work as cohort_work
 from tff_compress.cohorts import data as cohort_data
 from tff_compress.data import federated_data
+from tff_compress.dropout import slicing as dropout_slicing
 from tff_compress.fedavg import process
 from tff_compress.fedavg import registry
+from tff_compress.learning import keyed
 from tff_compress.learning import task as task_lib
 from tff_compress.models import flops
 from tff_compress.models import registry as model_registry
@@ -27,16 +29,22 @@ SIZES = (3, 9, 14, 5, 16, 7)
 
 
 def _task(model: str) -> task_lib.Task:
-  def keras_model_fn():
-    kwargs = {'hidden': (8,)} if model == 'dense' else {}
-    if model == 'caldas_cnn':
-      kwargs = {'widths': {'conv1': 3, 'conv2': 4, 'dense1': 6}}
+  """A small seeded `model` that can build Federated Dropout submodels."""
+  base = {'dense': {'dense1': 8},
+          'caldas_cnn': {'conv1': 3, 'conv2': 4, 'dense1': 6}}.get(model, {})
+
+  def builder(widths, scales=None):
+    kwargs = {}
+    if base or widths:
+      kwargs['widths'] = {**base, **dict(widths)}
+    if scales:
+      kwargs['scales'] = dict(scales)
     return model_registry.build_model(model, SHAPE, 5, seed=3, **kwargs)
 
-  probe = keras_model_fn()
-  return task_lib.Task(keras_model_fn, federated_data.element_spec(SHAPE),
+  probe = builder({})
+  return task_lib.Task(lambda: builder({}), federated_data.element_spec(SHAPE),
                        flops.count_params(probe),
-                       flops.training_flops_per_example(probe))
+                       flops.training_flops_per_example(probe), builder)
 
 
 def _clients(round_num: int):
@@ -63,14 +71,13 @@ def _run(ts, task, rounds: int = 2):
     clients = _clients(r)
     if ts.cohort_size > 1:
       g = ts.cohort_size
-      data = [cohort_data.cohort_dataset(clients[a:a + g],
-                                         batch_size=c.batch_size,
-                                         epochs=c.epochs)
-              for a in range(0, len(clients), g)]
+      data = [cohort_data.cohort_dataset(
+          clients[a:a + g], batch_size=c.batch_size, epochs=c.epochs,
+          slots=range(a, a + g)) for a in range(0, len(clients), g)]
     else:
-      data = [federated_data.make_client_dataset(
+      data = training.client_inputs([federated_data.make_client_dataset(
           x, y, batch_size=c.batch_size, epochs=c.epochs, shuffle_seed=s)
-              for x, y, s in clients]
+                                     for x, y, s in clients])
     out = lp.next(state, data)
     state = out.state
     metrics.append(out.metrics)
@@ -97,6 +104,14 @@ class CohortEqualsPerClientTest(runtime_testing.LocalRuntimeTestCase):
        {'dp.mode': 'user', 'dp.noise_multiplier': 0.0, 'dp.clip': 0.05}),
       ('dp_fixed_clip_cnn', 'caldas_cnn',
        {'dp.mode': 'user', 'dp.noise_multiplier': 0.0, 'dp.clip': 0.05}),
+      ('dropout', 'dense', {'dropout.keep': 0.5}),
+      ('dropout_cnn_lossy_broadcast', 'caldas_cnn',
+       {'dropout.keep': 0.5, 'broadcast.bits': 8, 'broadcast.min_size': 10}),
+      ('dropout_per_round_mask', 'dense',
+       {'dropout.keep': 0.5, 'dropout.mask': 'per_round'}),
+      ('dropout_dp', 'dense',
+       {'dropout.keep': 0.5, 'dp.mode': 'user', 'dp.noise_multiplier': 0.0,
+        'dp.clip': 0.05}),
   )
   def test_same_model_bytes_and_metrics(self, model, overrides):
     task = _task(model)
@@ -107,8 +122,10 @@ class CohortEqualsPerClientTest(runtime_testing.LocalRuntimeTestCase):
         np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-6)
       self.assertEqual(_bytes_up(got_m, True), _bytes_up(ref_m, False))
       for m, r in zip(got_m, ref_m):
-        self.assertEqual(int(m['distributor']['bytes_down']) * size,
-                         int(r['distributor']['bytes_down']))
+        down = (int(m['client_work']['bytes_down'])
+                if 'bytes_down' in m['client_work'] else
+                int(m['distributor']['bytes_down']) * size)
+        self.assertEqual(down, int(r['distributor']['bytes_down']))
         for key in ('loss', 'accuracy'):
           self.assertAlmostEqual(
               float(m['client_work']['train'][key]),
@@ -178,13 +195,32 @@ class CohortPostProcessingTest(runtime_testing.LocalRuntimeTestCase):
       ('dp_codec', {'dp.mode': 'user', 'dp.noise_multiplier': 0.0,
                     'dp.clip': 0.05, 'uplink.bits': 2,
                     'uplink.transform': 'hadamard', 'uplink.min_size': 10}),
+      ('dropout_codec', {'dropout.keep': 0.5, 'uplink.bits': 2,
+                         'uplink.transform': 'hadamard',
+                         'uplink.min_size': 10}),
+      ('dropout_dp_codec', {'dropout.keep': 0.5, 'dp.mode': 'user',
+                            'dp.noise_multiplier': 0.0, 'dp.clip': 0.05,
+                            'uplink.bits': 2, 'uplink.transform': 'hadamard',
+                            'uplink.min_size': 10}),
   )
   def test_same_result_as_the_per_client_aggregator(self, overrides,
                                                     nan_client=None):
     ts = _settings(3, **overrides)
+    task = _task('dense')
     weights_type = process.build_initial_weights_fn(
-        _task('dense')).type_signature.result
-    update_type = weights_type.trainable
+        task).type_signature.result
+    global_type = weights_type.trainable
+    training = process.build_training(ts, task)
+    slices, slicing = None, None
+    if training.plan is not None:  # each client its own slice
+      slicing = dropout_slicing.MaskSlicing(
+          training.plan, ts.seed, True, ts.clients_per_round)
+      sub_type = process.build_initial_weights_fn(
+          training.client_task).type_signature.result
+      slices = cohort_work.CohortSlices(slicing, ts.broadcast, sub_type)
+      update_type = sub_type.trainable
+    else:
+      update_type = global_type
     rng = np.random.default_rng(7)
     shapes = [t.shape for t in update_type]
     # Norms spread around the clip and the zeroing norm.
@@ -202,24 +238,34 @@ class CohortPostProcessingTest(runtime_testing.LocalRuntimeTestCase):
       delivered[nan_client] = [np.zeros_like(t) for t in updates[nan_client]]
       weights[nan_client] = 0.0
     per_client = registry.build_aggregator(
-        dataclasses.replace(ts, cohort_size=1)).create(
+        dataclasses.replace(ts, cohort_size=1), slicing,
+        global_type if slicing else None).create(
             update_type, tff.TensorType(np.float32))
-    ref = per_client.next(per_client.initialize(), delivered, list(weights))
-    post = cohort_work.CohortPostProcessing(process.cohort_spec(ts),
-                                            update_type)
+    args = [per_client.initialize(), delivered, list(weights)]
+    if slicing is not None:
+      args.append([np.array([k], np.int32) for k in range(len(SIZES))])
+    ref = per_client.next(*args)
+    post = cohort_work.CohortPostProcessing(
+        process.cohort_spec(ts), update_type, slices, global_type=global_type)
     totals, weight, sent = None, 0.0, 0
     for a in (0, 3):
       stacked = [np.stack([u[j] for u in updates[a:a + 3]])
                  for j in range(len(shapes))]
       total, w, b, _, _ = post(stacked, examples[a:a + 3],
+                               np.arange(a, a + 3, dtype=np.int32),
                                tf.constant(0, tf.int64))
       totals = (total if totals is None
                 else [t + u for t, u in zip(totals, total)])
       weight, sent = weight + float(w), sent + int(b)
-    denominator = ts.clients_per_round if ts.dp.user_level else weight
-    for got, want in zip(totals, ref.result):
-      np.testing.assert_allclose(np.asarray(got) / denominator, want,
-                                 rtol=1e-5, atol=1e-7)
+    if slicing is not None:  # per-coordinate mean over the slices
+      n = len(totals) // 2
+      means = [np.asarray(keyed.count_average(t, c)[0])
+               for t, c in zip(totals[:n], totals[n:])]
+    else:
+      denominator = ts.clients_per_round if ts.dp.user_level else weight
+      means = [np.asarray(t) / denominator for t in totals]
+    for got, want in zip(means, ref.result):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
     self.assertEqual(sent, int(ref.measurements['bytes_up']))
     if nan_client is not None:
       self.assertEqual(weight, float(np.sum(examples)) - SIZES[nan_client])
