@@ -8,14 +8,16 @@ and uncompressed; seeds 0 and 1. DP-FedAvg with C = 0.1 and δ = 1e-5 = 1/N;
 
   dp:         σ {1.2, 1.5, 2.0}, float32 uplink                    (3)
   dp_eden1:   the same σ, rotation + 1-bit EDEN uplink (unbiased)   (3)
-  dp_eden2:   σ 1.2, rotation + 2-bit EDEN uplink                   (1)
+  clip:       σ 0: clipping to C alone, no noise (ε = ∞)            (1)
+  dp_clip:    σ 1.2 with C {0.3, 1.0} (ε depends on σ, not on C;
+              the noise σC/K grows with C)                          (2)
   eden1:      no DP, the 1-bit EDEN uplink                          (1)
 
 Every uplink codec here encodes the 600-float kernel (uplink.min_size 10);
 the 10 biases go as float32 too small to compress. Federated Dropout is not
-crossed: the logistic model has no hidden layer to drop, and cohort
-execution refuses dropout.* (each client would need its own submodel).
-9 settings × 2 seeds = 18 cells. DP noise is unseeded (as TFF's), so a DP
+crossed: the logistic model (LEAF's for this data) has no hidden layer to
+drop.
+11 settings × 2 seeds = 22 cells. DP noise is unseeded (as TFF's), so a DP
 cell differs run to run. Results: docs/results/tradeoff_dp_scale/.
 """
 
@@ -26,7 +28,6 @@ _DP = {'dp.mode': 'user'}
 _EDEN = {'uplink.transform': 'rotation', 'uplink.quantizer': 'eden',
          'uplink.min_size': 10}
 _EDEN1 = {**_EDEN, 'uplink.bits': 1}
-_EDEN2 = {**_EDEN, 'uplink.bits': 2}
 
 
 def get_config():
@@ -38,6 +39,8 @@ def get_config():
   grid = tradeoff_lib.grid
   c.grids.dp = grid({**_DP, 'dp.noise_multiplier': SIGMAS})
   c.grids.dp_eden1 = grid({**_DP, 'dp.noise_multiplier': SIGMAS, **_EDEN1})
-  c.grids.dp_eden2 = grid({**_DP, 'dp.noise_multiplier': 1.2, **_EDEN2})
+  c.grids.clip = grid({**_DP, 'dp.noise_multiplier': 0.0})
+  c.grids.dp_clip = grid({**_DP, 'dp.noise_multiplier': 1.2,
+                          'dp.clip': (0.3, 1.0)})
   c.grids.eden1 = grid(_EDEN1)
   return c

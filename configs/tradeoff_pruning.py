@@ -28,8 +28,9 @@ under it (`recovery`). Results: docs/results/pruning30/.
 (seeds 0, 1, 2), the length at which the recovery grid's trend (more rounds
 under the final mask, less loss) is tested: mask updates at rounds 12, 15,
 18 and 21 (begin 9, end 21), then 29 rounds under the final mask, for
-unstructured 50 %, 75 % and 90 % and units 50 %, against the dense model.
-Results: docs/results/pruning50/.
+unstructured 50 %, 75 % and 90 % and units 50 %, against the dense model;
+and 90 % along a longer ramp (`ramp`: updates every 3 rounds from 6 to
+33, 17 rounds under the final mask). Results: docs/results/pruning50/.
 """
 
 from tff_compress import tradeoff_lib
@@ -46,6 +47,10 @@ RECOVERY30 = {'pruning.begin_round': 9, 'pruning.end_round': 15,
               'pruning.frequency': 3}
 RECOVERY50 = {'pruning.begin_round': 9, 'pruning.end_round': 21,
               'pruning.frequency': 3}
+# 90 % in ten smaller steps (Zhu and Gupta's gradual pruning over a longer
+# span): updates at rounds 6, 9, ..., 33, then 17 rounds under the mask.
+RAMP50 = {'pruning.begin_round': 3, 'pruning.end_round': 33,
+          'pruning.frequency': 3}
 
 
 def get_config(variant: str = ''):
@@ -80,6 +85,8 @@ def get_config(variant: str = ''):
                                  **RECOVERY50})
     c.grids.units = grid({'pruning.target': 0.5,
                           'pruning.structure': 'units', **RECOVERY50})
+    c.grids.ramp = grid({'pruning.target': 0.9,
+                         'pruning.structure': 'unstructured', **RAMP50})
     return c
   c.name = 'tradeoff_pruning'
   c.rounds = 20
