@@ -10,6 +10,7 @@ import tensorflow_federated as tff
 
 from tests.tff_compress import run_utils
 from tests.tff_compress import runtime_testing
+from tff_compress import config_lib
 from tff_compress.cohorts import batched_model
 from tff_compress.cohorts import client_work as cohort_work
 from tff_compress.cohorts import data as cohort_data
@@ -269,6 +270,33 @@ class CohortPostProcessingTest(runtime_testing.LocalRuntimeTestCase):
     self.assertEqual(sent, int(ref.measurements['bytes_up']))
     if nan_client is not None:
       self.assertEqual(weight, float(np.sum(examples)) - SIZES[nan_client])
+
+
+class CohortConfigTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ('not_a_divisor', {'runtime.cohort_size': 7},
+       "'runtime.cohort_size' is 7, which does not divide "
+       'clients_per_round=10'),
+      ('resnet', {'runtime.cohort_size': 5, 'model.name': 'resnet8'},
+       "model.name='resnet8': model 'resnet8_edge' is not a Sequential"),
+      ('faults', {'runtime.cohort_size': 5, 'faults.drop_prob': 0.1},
+       'with faults.\\* set: cohort execution cannot run it'),
+      ('adaptive_clip', {'runtime.cohort_size': 5, 'dp.mode': 'user',
+                         'dp.adaptive': True, 'dp.noise_multiplier': 0.0},
+       'dp.adaptive set'),
+      ('fedprox', {'runtime.cohort_size': 5, 'client.work': 'fedprox'},
+       'client.work set'),
+  )
+  def test_what_cohorts_cannot_run_is_a_one_line_config_error(
+      self, overrides, message):
+    with self.assertRaisesRegex(config_lib.ConfigError, message) as caught:
+      run_utils.default_config(**overrides)
+    self.assertNotIn('\n', str(caught.exception))
+
+  def test_dropout_and_dp_are_accepted(self):
+    run_utils.default_config(**{'runtime.cohort_size': 5,
+                                'dropout.keep': 0.5, 'dp.mode': 'user'})
 
 
 class BatchedModelTest(parameterized.TestCase):

@@ -187,6 +187,20 @@ class FederatedDataTest(parameterized.TestCase):
 
 class MakeClientDatasetTest(parameterized.TestCase):
 
+  @parameterized.parameters(1, 3)
+  def test_visiting_orders_of_many_clients_in_one_call(self, epochs):
+    sizes, seeds = [3, 1, 17, 250, 40], [5, 9, 1, 77, 2**31 - 2]
+    orders = federated_data.visiting_orders(sizes, epochs, seeds)
+    self.assertLen(orders, len(sizes))
+    for order, n, seed in zip(orders, sizes, seeds):
+      np.testing.assert_array_equal(
+          order, federated_data.visiting_order(n, epochs, seed))
+      # every pass visits each row once
+      np.testing.assert_array_equal(
+          np.sort(order.reshape(epochs, n), axis=1),
+          np.tile(np.arange(n), (epochs, 1)))
+    self.assertEqual(federated_data.visiting_orders([], epochs, []), [])
+
   def test_element_spec(self):
     spec = federated_data.element_spec((28, 28, 1))
     self.assertEqual(list(spec), ['x', 'y'])
