@@ -136,6 +136,24 @@ class SimulateTest(absltest.TestCase):
     self.assertEqual(summary['model_params'], 784 * 64 + 64 + 650)
     self.assertGreater(summary['final_eval_accuracy'], 0.15)  # chance: 0.1
 
+  def test_cohort_run_equals_the_per_client_run(self):
+    # runtime.cohort_size=2: the 4 clients of a round as 2 TFF clients of 2
+    # (cohorts/), through the whole driver: sampling, slots, bytes, eval.
+    d = os.path.join(absltest.get_default_test_tmpdir(), 'cohorts')
+    summary = simulate_lib.run(
+        _smoke_config(rounds=6, **{'runtime.cohort_size': 2}), d,
+        out=io.StringIO())
+    for row, base in zip(_rows(d), _rows(self.ref_dir), strict=True):
+      for key in ('clients', 'bytes_down', 'bytes_up', 'client_flops'):
+        self.assertEqual(row[key], base[key], key)
+      for key in ('train_loss', 'train_accuracy', 'eval_accuracy'):
+        if base[key]:
+          self.assertAlmostEqual(float(row[key]), float(base[key]), places=4)
+    for got, want in zip(_weights(d), _weights(self.ref_dir), strict=True):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    self.assertAlmostEqual(summary['final_eval_accuracy'],
+                           self.ref_summary['final_eval_accuracy'], places=4)
+
   def test_run_dir_that_is_a_file_is_a_one_line_error(self):
     path = self.create_tempfile('not_a_dir').full_path
     child = _simulate(f'--run_dir={path}', stdout=subprocess.PIPE,
