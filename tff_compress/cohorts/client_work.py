@@ -142,8 +142,10 @@ def train_cohort(model: batched_model.BatchedModel, initial, dataset,
       w = tuple(_where_rows(active, v - learning_rate * a, v)
                 for v, a in zip(w, m))
     else:
-      w = tuple(_where_rows(active, v - learning_rate * gr, v)
-                for v, gr in zip(w, grads))
+      # A client without rows has the loss term 0 · ce, so its gradient is
+      # exactly 0 and plain SGD leaves it as it is: no select (one copy of
+      # every stacked weight less per step).
+      w = tuple(v - learning_rate * gr for v, gr in zip(w, grads))
     hits = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
                             batch['y']), tf.float32)
     return (w, m, examples + rows, loss_sum + tf.reduce_sum(ce * mask),
