@@ -32,11 +32,11 @@ the same order and with the same TF code:
    the sum of their weights; `bytes_up` counts each simulated client's own
    message (what the per-client path counts).
 
-The server then divides the total by the total weight (FedAvg:
-`CohortMeanFactory`, the global example-weighted mean) or, under DP, adds
-N(0, σ²C²) once to the total of the K clipped records and divides by K
-(`CohortDpSumFactory`). The result equals per-client simulation to float
-tolerance (tests/cohorts/).
+The server then divides the total by the total weight (FedAvg: the global
+example-weighted mean) or, under DP, adds N(0, σ²C²) once to the total of
+the K clipped records and divides by K; with Federated Dropout it divides
+per coordinate (`build_aggregator`). The result equals per-client
+simulation to float tolerance (tests/tff_compress/cohorts/).
 
 Why ε does not change: the server's output is the same function of the K
 clipped records as TFF's DP-FedAvg — each real client's record is clipped
@@ -360,7 +360,7 @@ def build_cohort_client_work(
   Its result is ``ClientResult(update=Σ weighted decoded updates,
   update_weight=Σ weights)`` per cohort — with `slices`, the update is
   ``OrderedDict(total=Σ scattered weighted updates, counts=Σ weighted
-  coverages)`` on the global shape, for `CohortScatterMeanFactory`. Its
+  coverages)`` on the global shape (see `build_aggregator`). Its
   measurements are the standard `train` metrics (loss, accuracy over all
   simulated clients' rows) and the figures the per-client path's
   aggregator reports (`bytes_up`, `zeroed`, `bound_scale`) — and, with
@@ -445,21 +445,25 @@ def build_cohort_client_work(
   return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
 
 
-class CohortMeanFactory(tff.aggregators.WeightedAggregationFactory):
-  """Σ over cohorts of their weighted sums / Σ of their weights.
+class CohortSumFactory(tff.aggregators.WeightedAggregationFactory):
+  """The server side of cohorts: sum their values and weights, then finish.
 
-  A cohort's value is already Σ_g w_g·u_g: this is the global weighted
-  mean Σ w u / Σ w of the per-client path (TFF's `MeanFactory` would
-  multiply by the weight again). A round whose weights are all 0 gives
-  zeros, as `MeanFactory` does.
+  A cohort has already run its clients' aggregator stages and sends sums;
+  what is left is one server computation on the totals, `finish(total
+  value, total weight) -> (result, untrained fraction)` — the division by
+  the total weight, DP's noise and 1/K, or Federated Dropout's
+  per-coordinate division (`build_aggregator`).
   """
 
+  def __init__(self, finish):
+    self._finish = finish
+
   def create(self, value_type, weight_type):
+    finish = self._finish
 
     @tff.tensorflow.computation(value_type, weight_type)
-    def divide(total, weight):
-      return tf.nest.map_structure(
-          lambda t: tf.math.divide_no_nan(t, weight), total)
+    def finish_fn(total, weight):
+      return finish(total, weight)
 
     @tff.federated_computation()
     def init_fn():
@@ -469,94 +473,10 @@ class CohortMeanFactory(tff.aggregators.WeightedAggregationFactory):
                                tff.FederatedType(value_type, tff.CLIENTS),
                                tff.FederatedType(weight_type, tff.CLIENTS))
     def next_fn(state, value, weight):
-      mean = tff.federated_map(divide, (tff.federated_sum(value),
-                                        tff.federated_sum(weight)))
+      result, untrained = tff.federated_map(
+          finish_fn, (tff.federated_sum(value), tff.federated_sum(weight)))
       return tff.templates.MeasuredProcessOutput(
-          state=state, result=mean,
-          measurements=tff.federated_value((), tff.SERVER))
-
-    return tff.templates.AggregationProcess(init_fn, next_fn)
-
-
-class CohortDpSumFactory(tff.aggregators.UnweightedAggregationFactory):
-  """DP-FedAvg's server step on cohort sums of clipped records.
-
-  Total of the cohorts' sums + N(0, σ²C²) per coordinate (the Gaussian
-  query of `dp_factories.gaussian_noise`, added once), / K.
-
-  Args:
-    dp: DP settings (fixed clip).
-    clients_per_round: K.
-  """
-
-  def __init__(self, dp: privacy_settings.DpSettings,
-               clients_per_round: int):
-    self._noise = dp_factories.gaussian_noise(dp)
-    self._k = float(clients_per_round)
-
-  def create(self, value_type):
-    noise, k = self._noise, self._k
-
-    @tff.tensorflow.computation(value_type)
-    def noised_mean(total):
-      flat = noise(tf.nest.flatten(total))
-      return tf.nest.pack_sequence_as(total, [t / k for t in flat])
-
-    @tff.federated_computation()
-    def init_fn():
-      return tff.federated_value((), tff.SERVER)
-
-    @tff.federated_computation(init_fn.type_signature.result,
-                               tff.FederatedType(value_type, tff.CLIENTS))
-    def next_fn(state, value):
-      return tff.templates.MeasuredProcessOutput(
-          state=state,
-          result=tff.federated_map(noised_mean, tff.federated_sum(value)),
-          measurements=tff.federated_value((), tff.SERVER))
-
-    return tff.templates.AggregationProcess(init_fn, next_fn)
-
-
-class CohortScatterMeanFactory(tff.aggregators.WeightedAggregationFactory):
-  """Federated Dropout's per-coordinate mean of the cohorts' scattered sums.
-
-  A cohort's value is ``OrderedDict(total=Σ_g w_g·scatter(û_g),
-  counts=Σ_g w_g·coverage_g)``: the server adds them up, adds DP noise once
-  to the total (DP-FedAvg: the records are the clipped slices, so adding
-  N(0, σ²C²) to the scattered sum is `keyed.ScatterMeanFactory`'s DP
-  factory without its 1/K and its ×K), and divides per coordinate
-  (`keyed.count_average`: 0 where no client trained a coordinate).
-
-  Args:
-    noise: `dp_factories.gaussian_noise` under DP, else None.
-  """
-
-  def __init__(self, noise=None):
-    self._noise = noise
-
-  def create(self, value_type, weight_type):
-    noise = self._noise
-
-    @tff.tensorflow.computation(value_type)
-    def average(summed):
-      total = summed['total']
-      if noise is not None:
-        total = tf.nest.pack_sequence_as(
-            total, noise(tf.nest.flatten(total)))
-      return keyed.count_average(total, summed['counts'])
-
-    @tff.federated_computation()
-    def init_fn():
-      return tff.federated_value((), tff.SERVER)
-
-    @tff.federated_computation(init_fn.type_signature.result,
-                               tff.FederatedType(value_type, tff.CLIENTS),
-                               tff.FederatedType(weight_type, tff.CLIENTS))
-    def next_fn(state, value, weight):
-      del weight  # inside the counts
-      mean, untrained = tff.federated_map(average, tff.federated_sum(value))
-      return tff.templates.MeasuredProcessOutput(
-          state=state, result=mean,
+          state=state, result=result,
           measurements=tff.federated_zip(collections.OrderedDict(
               untrained_fraction=untrained)))
 
@@ -565,17 +485,46 @@ class CohortScatterMeanFactory(tff.aggregators.WeightedAggregationFactory):
 
 def build_aggregator(spec: CohortTraining, sliced: bool = False
                      ) -> tff.aggregators.WeightedAggregationFactory:
-  """The server side of the cohorts' sums (TFF's learning process passes
-  weights; DP-FedAvg ignores them, as `dp_factories` does).
+  """The server side of the cohorts' sums.
+
+  * FedAvg: a cohort sends Σ_g w_g·û_g and Σ_g w_g; the global weighted
+    mean is the total over the total weight (TFF's `MeanFactory` would
+    multiply by the weight again; all-zero weights give zeros, as there).
+  * DP-FedAvg: the total of the K clipped records + N(0, σ²C²) per
+    coordinate, added once (`dp_factories.gaussian_noise`, the query of
+    TFF's `gaussian_fixed`), / K; the weights are ignored, as DP-FedAvg
+    does.
+  * Federated Dropout (`sliced`): the value is ``OrderedDict(total=Σ
+    w·scatter(û), counts=Σ w·coverage)``; the noise (under DP) goes on the
+    total — `keyed.ScatterMeanFactory`'s DP factory without its 1/K and
+    ×K — and the total is divided per coordinate (`keyed.count_average`:
+    0 where no client trained a coordinate).
 
   Args:
     spec: The cohort settings.
     sliced: The cohorts train Federated Dropout slices.
   """
+  noise = dp_factories.gaussian_noise(spec.dp) if spec.dp.user_level else None
+
+  def noised(total):
+    if noise is None:
+      return total
+    return tf.nest.pack_sequence_as(total, noise(tf.nest.flatten(total)))
+
   if sliced:
-    return CohortScatterMeanFactory(
-        dp_factories.gaussian_noise(spec.dp) if spec.dp.user_level else None)
-  if spec.dp.user_level:
-    return tff.aggregators.as_weighted_aggregator(
-        CohortDpSumFactory(spec.dp, spec.clients_per_round))
-  return CohortMeanFactory()
+    def finish(summed, weight):
+      del weight  # inside the counts
+      return keyed.count_average(noised(summed['total']), summed['counts'])
+  elif noise is not None:
+    k = float(spec.clients_per_round)
+
+    def finish(total, weight):
+      del weight
+      return (tf.nest.map_structure(lambda t: t / k, noised(total)),
+              tf.constant(0.0))
+  else:
+    def finish(total, weight):
+      return (tf.nest.map_structure(
+          lambda t: tf.math.divide_no_nan(t, weight), total),
+              tf.constant(0.0))
+  return CohortSumFactory(finish)
