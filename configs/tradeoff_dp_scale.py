@@ -12,12 +12,17 @@ and uncompressed; seeds 0 and 1. DP-FedAvg with C = 0.1 and δ = 1e-5 = 1/N;
   dp_clip:    σ 1.2 with C {0.3, 1.0} (ε depends on σ, not on C;
               the noise σC/K grows with C)                          (2)
   eden1:      no DP, the 1-bit EDEN uplink                          (1)
+  dense:      model.name=dense (one hidden layer of 64 ReLU units,
+              4,554 parameters), no DP / σ 1.2, so that Federated
+              Dropout has a layer to drop                            (2)
+  dense_dropout: the same with dropout.keep 0.5 (each client its own
+              half of the hidden units), no DP / σ 1.2               (2)
 
 Every uplink codec here encodes the 600-float kernel (uplink.min_size 10);
-the 10 biases go as float32 too small to compress. Federated Dropout is not
-crossed: the logistic model (LEAF's for this data) has no hidden layer to
-drop.
-11 settings × 2 seeds = 22 cells. DP noise is unseeded (as TFF's), so a DP
+the 10 biases go as float32 too small to compress. The logistic model
+(LEAF's for this data) has no hidden layer to drop, so Federated Dropout is
+crossed on the dense model, against its own dense cells.
+15 settings × 2 seeds = 30 cells. DP noise is unseeded (as TFF's), so a DP
 cell differs run to run. Results: docs/results/tradeoff_dp_scale/.
 """
 
@@ -43,4 +48,8 @@ def get_config():
   c.grids.dp_clip = grid({**_DP, 'dp.noise_multiplier': 1.2,
                           'dp.clip': (0.3, 1.0)})
   c.grids.eden1 = grid(_EDEN1)
+  _DENSE = {'model.name': 'dense', 'dp.noise_multiplier': 1.2}
+  c.grids.dense = grid({**_DENSE, 'dp.mode': ('none', 'user')})
+  c.grids.dense_dropout = grid({**_DENSE, 'dp.mode': ('none', 'user'),
+                                'dropout.keep': 0.5})
   return c

@@ -124,14 +124,14 @@ def _layer_fn(layer, index):
   if isinstance(layer, layers.Rescaling):
     scale, offset = float(layer.scale), float(layer.offset)
     return lambda w, x: x * scale + offset
-  if isinstance(layer, layers.ReLU) and layer.get_config() == layers.ReLU(
-      name=layer.name).get_config():
+  if isinstance(layer, layers.ReLU) and layer.max_value is None and not (
+      float(layer.negative_slope) or float(layer.threshold)):
     return lambda w, x: tf.nn.relu(x)
   raise CohortError(
       f'layer {layer.name!r} ({type(layer).__name__}) has no vectorized '
       'form; cohort execution supports Dense, Conv2D, MaxPooling2D, '
-      'Flatten, Rescaling and ReLU layers (runtime.cohort_size=1 runs any '
-      'model)')
+      'Flatten, Rescaling and plain ReLU layers (runtime.cohort_size=1 runs '
+      'any model)')
 
 
 class BatchedModel:
