@@ -14,8 +14,9 @@ as 4 TFF clients, each training 250 clients in one batched computation,
 grouped by size (tff_compress/cohorts/); the result equals per-client
 execution. No DP here: `dp.clip = 0.1` (the median L2 norm of a client's
 first-round update, measured over 200 clients: quartiles 0.06-0.24) and
-`dp.delta = 1e-5` = 1/N are what configs/dp_scale.py and the sweep
-configs/tradeoff_dp_scale.py use.
+`dp.delta = 1e-5` = 1/N are what the DP cells of the sweep
+configs/tradeoff_dp_scale.py start from; configs/dp_scale.py ships the
+sweep's better clip, 1.0.
 """
 
 from tff_compress import config_lib
