@@ -213,7 +213,9 @@ class CohortPostProcessing:
     """(weighted decoded update[, weighted coverage], weight, bytes, zeroed,
     scale) of one client."""
     spec = self._spec
-    update, non_finite = _zero_if_non_finite(update)
+    # TFF's model-delta client work: a non-finite update becomes zeros.
+    update, non_finite = bounded.zero_if_non_finite(list(update))
+    non_finite = tf.cast(non_finite, tf.int32)
     scale = tf.constant(1.0)
     if self._dp:
       # TFF's client work reports weight 0 for a non-finite update; the
@@ -305,14 +307,6 @@ class CohortPostProcessing:
     return ([tf.reduce_sum(d, axis=0) for d in decoded],
             tf.reduce_sum(weight), tf.reduce_sum(sent),
             tf.reduce_sum(flag), tf.reduce_sum(scale))
-
-
-def _zero_if_non_finite(update):
-  """(update or zeros, int32 1 if it had a NaN/Inf)."""
-  flat = tf.nest.flatten(update)
-  ok = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in flat])
-  return ([tf.where(ok, t, tf.zeros_like(t)) for t in flat],
-          1 - tf.cast(ok, tf.int32))
 
 
 def _receive_slices(slices: CohortSlices, weights, slots, round_num):
