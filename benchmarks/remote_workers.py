@@ -12,6 +12,10 @@
    compilation (round 1) or evaluation (the last).
 
   ./bazelw run //benchmarks:remote_workers -- --rounds=8
+  ./bazelw run //benchmarks:remote_workers -- --config=configs/dp_scale.py
+
+With cohort execution (`runtime.cohort_size`) the two ways are the stacked
+cohort steps and the cohort descriptors.
 """
 
 from __future__ import annotations
@@ -53,6 +57,26 @@ def _serialized_bytes(values, type_spec) -> int:
              for v in values)
 
 
+def _cohort_inputs(data, picked, seeds, size, client):
+  """A cohort round's inputs both ways: stacked steps and descriptors."""
+  # pylint: disable=g-import-not-at-top
+  from tff_compress.cohorts import data as cohort_data
+  from tff_compress.data import store as store_lib
+  # pylint: enable=g-import-not-at-top
+  datasets, descriptors = [], []
+  for slots in cohort_data.group(
+      [data.client_size(data.client_ids[i]) for i in picked], size):
+    indices, cohort_seeds = [int(picked[j]) for j in slots], [
+        seeds[j] for j in slots]
+    datasets.append(cohort_data.cohort_dataset(
+        [(*data.client_arrays(data.client_ids[i]), s)
+         for i, s in zip(indices, cohort_seeds)],
+        batch_size=client.batch_size, epochs=client.epochs, slots=slots))
+    descriptors.append(store_lib.cohort_descriptor(indices, cohort_seeds,
+                                                   slots))
+  return datasets, descriptors
+
+
 def measure_bytes(cfg, data_dir, workers, rounds):
   """Driver bytes per round, shipped datasets vs descriptors."""
   # pylint: disable=g-import-not-at-top
@@ -89,20 +113,26 @@ def measure_bytes(cfg, data_dir, workers, rounds):
             len(data.client_ids), cfg.clients_per_round, cfg.seed, r)
         seeds = [sampling.shuffle_seed(cfg.seed, r, int(i))
                  for i in picked]
-        datasets = []
-        for i, seed in zip(picked, seeds):
-          x, y = data.client_arrays(data.client_ids[i])
-          datasets.append(federated_data.make_client_dataset(
-              x, y, batch_size=cfg.client.batch_size,
-              epochs=cfg.client.epochs, shuffle_seed=seed))
-        descriptors = [store_lib.train_descriptor(i, s)
-                       for i, s in zip(picked, seeds)]
-        ways = {
-            'datasets': (training.process.next,
-                         training.client_inputs(datasets)),
-            'ids': (feed.training.process.next,
-                    feed.training.client_inputs(descriptors)),
-        }
+        if training.cohort_size > 1:  # stacked cohorts vs cohort descriptors
+          datasets, descriptors = _cohort_inputs(
+              data, picked, seeds, training.cohort_size, cfg.client)
+          ways = {'datasets': (training.process.next, datasets),
+                  'ids': (feed.training.process.next, descriptors)}
+        else:
+          datasets = []
+          for i, seed in zip(picked, seeds):
+            x, y = data.client_arrays(data.client_ids[i])
+            datasets.append(federated_data.make_client_dataset(
+                x, y, batch_size=cfg.client.batch_size,
+                epochs=cfg.client.epochs, shuffle_seed=seed))
+          descriptors = [store_lib.train_descriptor(i, s)
+                         for i, s in zip(picked, seeds)]
+          ways = {
+              'datasets': (training.process.next,
+                           training.client_inputs(datasets)),
+              'ids': (feed.training.process.next,
+                      feed.training.client_inputs(descriptors)),
+          }
         desc_type = (feed.training.process.next_computation.type_signature
                      .parameter[1].member)
         arg_bytes = {

@@ -143,6 +143,34 @@ class RemoteWorkersTest(absltest.TestCase):
       np.testing.assert_allclose(float(b['train_loss']),
                                  float(a['train_loss']), rtol=1e-5)
 
+  def test_cohorts_spread_over_workers_match_per_client_local(self):
+    # runtime.cohort_size=2: the round's 4 clients as 2 cohorts, one per
+    # worker, each stacked there from its store (`feed.cohort_training_next`)
+    # -- with Federated Dropout, whose mask key is the stacked slot.
+    tmp = self.create_tempdir().full_path
+    cases = {'plain': ({}, self.local_dir)}
+    fd = {'rounds': 2, 'dropout.keep': 0.5}
+    simulate_lib.run(_config(**fd), os.path.join(tmp, 'fd_local'),
+                     out=io.StringIO())
+    cases['dropout'] = (fd, os.path.join(tmp, 'fd_local'))
+    for name, (overrides, local_dir) in cases.items():
+      remote_dir = os.path.join(tmp, name)
+      simulate_lib.run(
+          _config(self.targets, self.data_dir,
+                  **{'runtime.cohort_size': 2, **overrides}),
+          remote_dir, out=io.StringIO())
+      local, remote = _rows(local_dir), _rows(remote_dir)
+      self.assertLen(remote, len(local))
+      for a, b in zip(local, remote):
+        for key in _EXACT_COLUMNS:
+          self.assertEqual(a[key], b[key], f'{name} {key}')
+        for key in _FLOAT_COLUMNS:
+          if a[key]:
+            np.testing.assert_allclose(float(b[key]), float(a[key]),
+                                       rtol=1e-4, err_msg=f'{name} {key}')
+      for a, b in zip(_weights(local_dir), _weights(remote_dir), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
   def test_device_tiers_on_workers_match_local(self):
     # One computation per tier (and a tier without clients) split across
     # the workers, and each tier's deployed model evaluated there.

@@ -33,8 +33,6 @@ def problem(config) -> Optional[tuple[str, str]]:
   # pylint: enable=g-import-not-at-top
   dp = config.dp
   conflicts = (
-      ('runtime.workers', bool(config.runtime.workers.strip()),
-       'remote workers build per-client datasets'),
       ('client.work', config.client.work != 'sgd',
        'cohorts train with local SGD, client.work=sgd'),
       ('dp.mode', dp.mode == 'sample',

@@ -341,22 +341,37 @@ def visiting_orders(sizes: Sequence[int], epochs: int,
 
 @functools.lru_cache(maxsize=None)
 def _traced_client_orders(epochs: int) -> Callable[..., tf.Tensor]:
-  """The concatenated :func:`client_order`s of clients (sizes, seeds)."""
+  """:func:`client_orders` for `epochs` passes, traced once per `epochs`."""
+  return tf.function(
+      lambda sizes, seeds: client_orders(sizes, epochs, seeds),
+      input_signature=[tf.TensorSpec([None], tf.int64)] * 2, autograph=False)
 
-  def orders(sizes, seeds):
-    def body(i, out):
-      return i + 1, out.write(i, client_order(sizes[i], epochs, seeds[i]))
 
-    count = tf.size(sizes)
-    _, out = tf.while_loop(
-        lambda i, _: i < count, body,
-        (tf.constant(0), tf.TensorArray(tf.int64, size=count,
-                                        infer_shape=False,
-                                        element_shape=[None])))
-    return out.concat()
+def client_orders(sizes, epochs: int, shuffle_seeds) -> tf.Tensor:
+  """The :func:`client_order` s of many clients, concatenated.
 
-  return tf.function(orders, input_signature=[
-      tf.TensorSpec([None], tf.int64)] * 2, autograph=False)
+  Args:
+    sizes: int ``[G]`` examples per client (each ``>= 1``).
+    epochs: Number of passes (a Python int).
+    shuffle_seeds: int ``[G]`` non-negative seeds.
+
+  Returns:
+    int64 ``[epochs * sum(sizes)]``: client 0's order, then client 1's, ...
+    (indices into each client's own rows).
+  """
+  sizes = tf.cast(sizes, tf.int64)
+  seeds = tf.cast(shuffle_seeds, tf.int64)
+
+  def body(i, out):
+    return i + 1, out.write(i, client_order(sizes[i], epochs, seeds[i]))
+
+  count = tf.size(sizes)
+  _, out = tf.while_loop(
+      lambda i, _: i < count, body,
+      (tf.constant(0), tf.TensorArray(tf.int64, size=count,
+                                      infer_shape=False,
+                                      element_shape=[None])))
+  return out.concat()
 
 
 @functools.lru_cache(maxsize=None)

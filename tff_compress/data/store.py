@@ -186,24 +186,44 @@ def prepare_store(data: federated_data.FederatedData, data_dir: str) -> Store:
 # TensorFlow side: runs inside the computations on the workers.
 
 
-def _read_rows(prefix: str, input_shape: Sequence[int], start, stop):
-  """Rows ``[start, stop)`` of ``<prefix>.x`` / ``<prefix>.y`` (tensors).
+def _read_rows(prefix: str, input_shape: Sequence[int], starts, stops):
+  """Rows ``[starts[i], stops[i])`` of ``<prefix>.x`` / ``<prefix>.y``,
+  concatenated in the order of the ranges (int64 vector tensors).
 
-  Reads only those rows: the fixed-size records are addressed by skipping
-  ``start`` records' bytes as a header.
+  Reads only those rows: the fixed-size records of each range are
+  addressed by skipping its start's bytes as a header.
   """
   x_bytes = _X.itemsize * int(np.prod(input_shape))
+  total = tf.reduce_sum(stops - starts)
 
   def rows(path, record_bytes, dtype):
-    ds = tf.data.FixedLengthRecordDataset(
-        path, record_bytes, header_bytes=start * record_bytes)
-    ds = ds.take(stop - start).batch(tf.maximum(stop - start, 1))
-    return tf.io.decode_raw(ds.get_single_element(), dtype)
+    ds = tf.data.Dataset.from_tensor_slices((starts, stops)).flat_map(
+        lambda a, b: tf.data.FixedLengthRecordDataset(
+            path, record_bytes, header_bytes=a * record_bytes).take(b - a))
+    return tf.io.decode_raw(
+        ds.batch(tf.maximum(total, 1)).get_single_element(), dtype)
 
   x = tf.reshape(rows(prefix + '.x', x_bytes, tf.float32),
                  [-1, *input_shape])
   y = tf.reshape(rows(prefix + '.y', _Y.itemsize, tf.int32), [-1])
   return x, y
+
+
+def client_rows(store: Store, clients):
+  """The rows of clients `clients` (int tensor ``[G]``), concatenated.
+
+  Returns:
+    ``(x [sum n_g, ...], y [sum n_g], sizes int64 [G])``: client
+    ``clients[0]``'s rows, then ``clients[1]``'s, ...
+  """
+  offsets = tf.io.decode_raw(
+      tf.io.read_file(f'{store.relative_dir}/train.offsets'), tf.int64)
+  clients = tf.cast(clients, tf.int64)
+  starts = tf.gather(offsets, clients)
+  stops = tf.gather(offsets, clients + 1)
+  x, y = _read_rows(f'{store.relative_dir}/train', store.input_shape,
+                    starts, stops)
+  return x, y, stops - starts
 
 
 def train_dataset(store: Store, client, shuffle_seed, *, batch_size: int,
@@ -220,13 +240,8 @@ def train_dataset(store: Store, client, shuffle_seed, *, batch_size: int,
   Returns:
     ``ceil(epochs * n / batch_size)`` batches of ``OrderedDict(x, y)``.
   """
-  offsets = tf.io.decode_raw(
-      tf.io.read_file(f'{store.relative_dir}/train.offsets'), tf.int64)
-  client = tf.cast(client, tf.int64)
-  start, stop = offsets[client], offsets[client + 1]
-  x, y = _read_rows(f'{store.relative_dir}/train', store.input_shape,
-                    start, stop)
-  order = federated_data.client_order(stop - start, epochs, shuffle_seed)
+  x, y, sizes = client_rows(store, tf.reshape(client, [1]))
+  order = federated_data.client_order(sizes[0], epochs, shuffle_seed)
   return federated_data.batches_in_order(x, y, order, batch_size)
 
 
@@ -234,7 +249,8 @@ def eval_dataset(store: Store, start, stop, *, batch_size: int
                  ) -> tf.data.Dataset:
   """Test rows ``[start, stop)`` in order, in batches of `batch_size`."""
   x, y = _read_rows(f'{store.relative_dir}/test', store.input_shape,
-                    tf.cast(start, tf.int64), tf.cast(stop, tf.int64))
+                    tf.reshape(tf.cast(start, tf.int64), [1]),
+                    tf.reshape(tf.cast(stop, tf.int64), [1]))
   return tf.data.Dataset.from_tensor_slices(
       collections.OrderedDict(x=x, y=y)).batch(batch_size)
 
@@ -245,6 +261,17 @@ def eval_dataset(store: Store, start, stop, *, batch_size: int
 TRAIN_DESCRIPTOR = collections.OrderedDict(
     client=tff.TensorType(np.int32), shuffle_seed=tff.TensorType(np.int64),
     batches=tff.TensorType(np.int32))
+
+
+def cohort_descriptor_type(size: int) -> collections.OrderedDict:
+  """What the driver sends for a cohort of `size` clients: each client's
+  index, shuffle seed and slot in the round (16 bytes per client)."""
+  return collections.OrderedDict(
+      clients=tff.TensorType(np.int32, [size]),
+      shuffle_seeds=tff.TensorType(np.int64, [size]),
+      slots=tff.TensorType(np.int32, [size]))
+
+
 EVAL_DESCRIPTOR = collections.OrderedDict(
     start=tff.TensorType(np.int64), stop=tff.TensorType(np.int64))
 
@@ -265,6 +292,15 @@ def train_descriptor(client: int, shuffle_seed: int) -> TrainDescriptor:
   return TrainDescriptor(client=np.int32(client),
                          shuffle_seed=np.int64(shuffle_seed),
                          batches=np.int32(-1))
+
+
+def cohort_descriptor(clients: Sequence[int], shuffle_seeds: Sequence[int],
+                      slots: Sequence[int]) -> collections.OrderedDict:
+  """A cohort's descriptor (`cohort_descriptor_type`)."""
+  return collections.OrderedDict(
+      clients=np.asarray(clients, np.int32),
+      shuffle_seeds=np.asarray(shuffle_seeds, np.int64),
+      slots=np.asarray(slots, np.int32))
 
 
 def eval_descriptor(start: int, stop: int) -> collections.OrderedDict:

@@ -266,28 +266,29 @@ class FedAvg(algorithm_lib.Algorithm):
                         round_num: int, picked: np.ndarray,
                         examples: Sequence[int]
                         ) -> algorithm_lib.RoundResult:
-    """A round of cohorts: the picked clients, G at a time by size.
+    """A round of cohorts: the picked clients, G at a time by size
+    (`cohort_data.group`).
 
-    A cohort takes as many steps as its largest client, so clients are
-    grouped by size (the result does not depend on the grouping: every
-    per-client step is the client's own, and the server sums). The cohort
-    client work reports what the per-client aggregator would (`bytes_up`,
-    `zeroed` under DP); every simulated client received the broadcast, so
-    `bytes_down` is the per-cohort figure times K / cohorts.
+    On remote workers each cohort is a descriptor the worker builds the
+    steps from. The cohort client work reports what the per-client
+    aggregator would (`bytes_up`, `zeroed` under DP); every simulated
+    client received the broadcast, so `bytes_down` is the per-cohort
+    figure times K / cohorts.
     """
-    g, c = training.cohort_size, self._ts.client
-    # A client's slot is its position in `picked`, as in a per-client
-    # round (its Federated Dropout mask key).
-    slots = sorted(range(len(picked)), key=lambda j: self._sizes[picked[j]])
-    clients = []
-    for j in slots:
-      index = int(picked[j])
-      x, y = self._data.client_arrays(self._data.client_ids[index])
-      clients.append((x, y, sampling.shuffle_seed(self._run.seed, round_num,
-                                                  index)))
-    cohorts = [cohort_data.cohort_dataset(
-        clients[a:a + g], batch_size=c.batch_size, epochs=c.epochs,
-        slots=slots[a:a + g]) for a in range(0, len(clients), g)]
+    c = self._ts.client
+    cohorts = []
+    for slots in cohort_data.group([self._sizes[i] for i in picked],
+                                   training.cohort_size):
+      indices = [int(picked[j]) for j in slots]
+      seeds = [sampling.shuffle_seed(self._run.seed, round_num, i)
+               for i in indices]
+      if self._feed:  # the workers read and stack the clients' rows
+        cohorts.append(store_lib.cohort_descriptor(indices, seeds, slots))
+        continue
+      clients = [(*self._data.client_arrays(self._data.client_ids[i]), s)
+                 for i, s in zip(indices, seeds)]
+      cohorts.append(cohort_data.cohort_dataset(
+          clients, batch_size=c.batch_size, epochs=c.epochs, slots=slots))
     output = training.process.next(state, cohorts)
     m = output.metrics
     work = m['client_work']

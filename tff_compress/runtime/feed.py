@@ -18,40 +18,47 @@ from typing import Callable
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_compress.cohorts import data as cohort_data
 from tff_compress.data import federated_data
 from tff_compress.data import store as store_lib
 from tff_compress.runtime import errors
 
 
-def _is_example_sequence(type_spec) -> bool:
-  """A sequence of ``<x=float32[?,...], y=int32[?]>`` batches (client data)."""
+# The element fields of the client-data sequences the workers build: a
+# client's batches, or a cohort's steps (`cohorts/data.py`).
+EXAMPLE_FIELDS = ('x', 'y')
+COHORT_FIELDS = ('x', 'y', 'mask', 'slot')
+
+
+def _is_example_sequence(type_spec, fields=EXAMPLE_FIELDS) -> bool:
+  """A sequence of structs with exactly `fields` (client data)."""
   if not isinstance(type_spec, tff.SequenceType):
     return False
   element = type_spec.element
   if not isinstance(element, tff.StructType):
     return False
   names = [name for name, _ in tff.structure.iter_elements(element)]
-  return names == ['x', 'y']
+  return tuple(names) == tuple(fields)
 
 
-def _replace_sequences(type_spec, descriptor_type):
+def _replace_sequences(type_spec, descriptor_type, fields):
   """`type_spec` with every example sequence replaced by `descriptor_type`.
 
   Other sequences (e.g. the one-element fault-code datasets of
   `faults.client_work`) stay: the driver sends those few bytes itself.
   """
-  if _is_example_sequence(type_spec):
+  if _is_example_sequence(type_spec, fields):
     return tff.to_type(descriptor_type)
   if isinstance(type_spec, tff.StructType):
     return tff.StructType([
-        (name, _replace_sequences(member, descriptor_type))
+        (name, _replace_sequences(member, descriptor_type, fields))
         for name, member in tff.structure.iter_elements(type_spec)])
   return type_spec
 
 
-def _build_sequences(value, type_spec, make_dataset: Callable):
+def _build_sequences(value, type_spec, make_dataset: Callable, fields):
   """Rebuilds `value` (of the descriptor type) with datasets made on the fly."""
-  if _is_example_sequence(type_spec):
+  if _is_example_sequence(type_spec, fields):
     if isinstance(value, tff.structure.Struct):
       value = tff.structure.to_odict(value)
     return make_dataset(value)
@@ -63,7 +70,7 @@ def _build_sequences(value, type_spec, make_dataset: Callable):
       values = [value[name] for name, _ in members]
     else:
       values = list(value)
-    built = [(name, _build_sequences(v, member, make_dataset))
+    built = [(name, _build_sequences(v, member, make_dataset, fields))
              for (name, member), v in zip(members, values)]
     if all(name for name, _ in built):
       return collections.OrderedDict(built)
@@ -72,7 +79,8 @@ def _build_sequences(value, type_spec, make_dataset: Callable):
 
 
 def compose(next_fn: tff.Computation, descriptor_type,
-            make_dataset: Callable) -> tff.Computation:
+            make_dataset: Callable,
+            fields: tuple[str, ...] = EXAMPLE_FIELDS) -> tff.Computation:
   """`next_fn(state, client_data)` fed by datasets built on the clients.
 
   Args:
@@ -82,6 +90,8 @@ def compose(next_fn: tff.Computation, descriptor_type,
     descriptor_type: The type that replaces each such sequence in ``C``.
     make_dataset: Traced inside a TensorFlow computation: descriptor
       (tensors) -> ``tf.data.Dataset`` of ``C``'s element type.
+    fields: The element fields of the sequences to replace
+      (:data:`EXAMPLE_FIELDS` or :data:`COHORT_FIELDS`).
 
   Returns:
     ``(state@SERVER, {D}@CLIENTS) -> next_fn's result``, where ``D`` is ``C``
@@ -90,11 +100,11 @@ def compose(next_fn: tff.Computation, descriptor_type,
   """
   state_type, data_type = next_fn.type_signature.parameter
   client_type = data_type.member
-  desc_type = _replace_sequences(client_type, descriptor_type)
+  desc_type = _replace_sequences(client_type, descriptor_type, fields)
 
   @tff.tensorflow.computation(desc_type)
   def build(descriptors):
-    return _build_sequences(descriptors, client_type, make_dataset)
+    return _build_sequences(descriptors, client_type, make_dataset, fields)
 
   @tff.federated_computation(state_type, tff.FederatedType(desc_type,
                                                            tff.CLIENTS))
@@ -114,6 +124,26 @@ def training_next(next_fn: tff.Computation, store: store_lib.Store, *,
                              tf.cast(d['batches'], tf.int64))
 
   return compose(next_fn, store_lib.TRAIN_DESCRIPTOR, make)
+
+
+def cohort_training_next(next_fn: tff.Computation, store: store_lib.Store,
+                         *, size: int, batch_size: int,
+                         epochs: int) -> tff.Computation:
+  """A cohort training `next` taking `store_lib.cohort_descriptor` s.
+
+  The worker reads the cohort's clients' rows from its store and stacks
+  them with the driver's own function (`cohorts.data.stack_rows`): a
+  cohort on a worker trains on exactly the steps a local cohort does.
+  """
+
+  def make(d):
+    x, y, sizes = store_lib.client_rows(store, d['clients'])
+    return tf.data.Dataset.from_tensor_slices(cohort_data.stack_rows(
+        x, y, sizes, d['shuffle_seeds'], d['slots'], batch_size=batch_size,
+        epochs=epochs))
+
+  return compose(next_fn, store_lib.cohort_descriptor_type(size), make,
+                 COHORT_FIELDS)
 
 
 def evaluation_next(next_fn: tff.Computation, store: store_lib.Store, *,
@@ -174,7 +204,8 @@ class WorkerFeed:
   Attributes:
     training: The run's `fedavg.process.Training` whose ``process.next``
       takes one `store_lib.TrainDescriptor` per client where it took a dataset
-      (its `client_inputs` wraps descriptors exactly as it wraps datasets).
+      (its `client_inputs` wraps descriptors exactly as it wraps datasets),
+      or with cohorts one `store_lib.cohort_descriptor` per cohort.
     evaluation: The federated evaluation process, ``next`` taking
       :attr:`eval_descriptors`.
     eval_descriptors: The evaluation clients: contiguous slices of the test
@@ -198,6 +229,10 @@ class WorkerFeed:
     if hasattr(training.process, 'compose_client_data'):
       # Device tiers: one computation per tier (`tiers/process.py`).
       process = training.process.compose_client_data(compose)
+    elif training.cohort_size > 1:
+      process = DescriptorProcess(training.process, cohort_training_next(
+          training.process.next, store, size=training.cohort_size,
+          batch_size=batch_size, epochs=epochs))
     else:
       process = DescriptorProcess(training.process,
                                   compose(training.process.next))

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_compress.cohorts import data as cohort_data
 from tff_compress.data import federated_data
 from tff_compress.data import store as store_lib
 from tff_compress.runtime import feed
@@ -142,6 +143,41 @@ class WorkerBuiltDatasetsTest(parameterized.TestCase):
       for (gx, gy), (wx, wy) in zip(batches, want):
         np.testing.assert_array_equal(gx, wx)
         np.testing.assert_array_equal(gy, wy)
+
+  def test_cohort_steps_equal_the_drivers_stacking(self):
+    # A worker's cohort (rows read from its store) is the driver's cohort
+    # of the same clients, seeds and slots: same steps, same padding.
+    cases = [([2, 0, 3], [5, 77, 0], [4, 1, 2], 5, 2),
+             ([1, 1, 2], [3, 3, 9], [0, 2, 1], 4, 1),
+             ([0, 3, 2], [2**31 - 2, 1, 8], [7, 6, 5], 20, 3)]
+
+    def builder(batch, epochs):
+
+      @tff.tensorflow.computation(tff.to_type(
+          store_lib.cohort_descriptor_type(3)))
+      def build(d):
+        x, y, sizes = store_lib.client_rows(self.store, d['clients'])
+        return tf.data.Dataset.from_tensor_slices(cohort_data.stack_rows(
+            x, y, sizes, d['shuffle_seeds'], d['slots'], batch_size=batch,
+            epochs=epochs))
+
+      return build
+
+    with local_runtime.local_context():
+      got = [list(builder(b, e)(store_lib.cohort_descriptor(c, s, slots)))
+             for c, s, slots, b, e in cases]
+    for (clients, seeds, slots, b, e), steps in zip(cases, got):
+      want = cohort_data.stack_clients(
+          [(*self.data.client_arrays(self.data.client_ids[c]), s)
+           for c, s in zip(clients, seeds)], batch_size=b, epochs=e,
+          slots=slots)
+      self.assertLen(steps, len(want['x']))
+      for key, value in want.items():
+        np.testing.assert_array_equal(
+            np.stack([np.asarray(step[key]) for step in steps]), value, key)
+      # Every client's examples are visited E times, nothing else.
+      self.assertEqual(want['mask'].sum(), e * sum(
+          self.data.client_size(self.data.client_ids[c]) for c in clients))
 
   def test_eval_datasets_are_the_test_slices(self):
 
