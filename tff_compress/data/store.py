@@ -2,8 +2,9 @@
 
 With remote workers (`runtime.workers`), the driver never ships a dataset:
 every round it sends each sampled client's *descriptor* (client index and
-shuffle seed, a dozen bytes) and the worker builds the client's
-``tf.data.Dataset`` itself, inside the computation it runs, from a
+shuffle seed, a dozen bytes) -- or with cohort execution each cohort's
+(its clients' indices, seeds and slots) -- and the worker builds the
+client's ``tf.data.Dataset`` itself, inside the computation it runs, from a
 **client-data store** on its own disk.
 
 Store layout (under a worker's ``--data_dir``; the driver writes the same

@@ -361,6 +361,33 @@ class CohortDataTest(absltest.TestCase):
     self.assertEqual(stacked['x'].shape, (1, 3, 6, 2))
     np.testing.assert_array_equal(stacked['mask'].sum(axis=2), [[2, 6, 4]])
 
+  def test_slots_label_every_step_and_bad_input_is_a_data_error(self):
+    clients = _clients(1)[:3]
+    stacked = cohort_data.stack_clients(clients, batch_size=4, epochs=1,
+                                        slots=[7, 0, 4])
+    np.testing.assert_array_equal(stacked['slot'],
+                                  np.tile([7, 0, 4], (len(stacked['x']), 1)))
+    x, y, seed = clients[0]
+    for bad, why in (([], 'at least one client'),
+                     ([(x[:0], y[:0], seed)], 'non-empty'),
+                     ([(x.astype(np.float64), y, seed)], 'float32'),
+                     ([(x, y[:-1], seed)], 'do not match'),
+                     ([(x[:, :6], y, seed), (x, y, seed)], 'do not match')):
+      with self.assertRaisesRegex(federated_data.DataError, why):
+        cohort_data.stack_clients(bad, batch_size=4, epochs=1)
+    with self.assertRaisesRegex(federated_data.DataError, '2 slots for 3'):
+      cohort_data.stack_clients(clients, batch_size=4, epochs=1, slots=[0, 1])
+
+  def test_groups_partition_the_round_by_size(self):
+    sizes = [5, 1, 9, 1, 3, 7]
+    groups = cohort_data.group(sizes, 2)
+    self.assertEqual(sorted(j for g in groups for j in g), list(range(6)))
+    self.assertTrue(all(len(g) == 2 for g in groups))
+    # Every cohort's largest client is at most the next cohort's smallest.
+    for a, b in zip(groups, groups[1:]):
+      self.assertLessEqual(max(sizes[j] for j in a),
+                           min(sizes[j] for j in b))
+
 
 if __name__ == '__main__':
   absltest.main()
