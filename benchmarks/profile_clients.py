@@ -22,9 +22,8 @@ TFF C++ worker (a computation's wall time, its serialization included):
   values: the fixed cost of one per-client call in the runtime;
 * ``map, dataset``: ``federated_map`` of one pass over each client's
   dataset: ingesting a dataset;
-* ``broadcast + bytes``: our distributor alone: broadcast of the model
-  and its ``bytes_down`` (`learning/payload.py`: from the type, times the
-  number of clients);
+* ``broadcast + map, bytes``: our distributor alone: broadcast of the
+  model + ``federated_map`` of its byte count + ``federated_sum``;
 * ``client work``: broadcast + local training + sum of the client weights;
 * ``next, tff``, ``next, ours``, ``next, ours w/o bytes_down``,
   ``next, ours w/o bytes_up``, ``next, ours w/o both``: whole rounds.
@@ -243,7 +242,7 @@ def main(argv):
                   datasets, tff.FederatedType(sequence_type, tff.CLIENTS)))),
           ('map, no-op', lambda k=k: map_noop([1] * k)),
           ('map, dataset', lambda datasets=datasets: map_dataset(datasets)),
-          ('broadcast + bytes', lambda k=k: map_bytes(weights, [0] * k)),
+          ('broadcast + map, bytes', lambda k=k: map_bytes(weights, [0] * k)),
           ('client work', lambda datasets=datasets: run_client_work(
               cw_state, weights, datasets)),
       ])

@@ -32,9 +32,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_compress.encoders import chain as chain_lib
 from tff_compress.fedavg import settings as fedavg_settings
 from tff_compress.gkt import training
-from tff_compress.learning import payload
 from tff_compress.learning import task as task_lib
 
 _EVAL_BATCH = 256
@@ -112,6 +112,14 @@ def build_fedavg_bn(client: fedavg_settings.ClientSettings,
 
   update_type = client_update.type_signature.result.update
 
+  @tff.tensorflow.computation(weights_type)
+  def bytes_received(weights):
+    return chain_lib.payload_bytes(weights)
+
+  @tff.tensorflow.computation(update_type, np.float32)
+  def bytes_sent(update, weight):
+    return chain_lib.payload_bytes((update, weight))
+
   @tff.tensorflow.computation(state_type, update_type)
   def server_update(state, mean):
     weights = state['weights']
@@ -132,8 +140,10 @@ def build_fedavg_bn(client: fedavg_settings.ClientSettings,
     mean = tff.federated_mean(out.update, weight=out.weight)
     metrics = tff.federated_zip(collections.OrderedDict(
         train=tff.federated_sum(out.metrics),
-        bytes_down=payload.sum_at_clients(weights),
-        bytes_up=payload.sum_at_clients(out.update, out.weight)))
+        bytes_down=tff.federated_sum(
+            tff.federated_map(bytes_received, weights)),
+        bytes_up=tff.federated_sum(
+            tff.federated_map(bytes_sent, (out.update, out.weight)))))
     return tff.federated_map(server_update, (state, mean)), metrics
 
   eval_input_type = tff.to_type(collections.OrderedDict(

@@ -39,11 +39,11 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_compress.encoders import bounded
+from tff_compress.encoders import chain as chain_lib
 from tff_compress.encoders import prng
 from tff_compress.encoders import settings as codec_settings
 from tff_compress.encoders import structure
 from tff_compress.learning import counters
-from tff_compress.learning import payload
 
 MEASUREMENT_KEYS = ('bytes_up', 'zeroed', 'bound_scale', 'clip',
                     'untrained_fraction')
@@ -251,13 +251,22 @@ def with_bytes_up(inner: AnyFactory) -> AnyFactory:
     inner_process = create(inner, value_type, weight_type)
     weighted = weight_type is not None
 
+    if weighted:
+      @tff.tensorflow.computation(value_type, weight_type)
+      def bytes_of(value, weight):
+        return chain_lib.payload_bytes((value, weight))
+    else:
+      @tff.tensorflow.computation(value_type)
+      def bytes_of(value):
+        return chain_lib.payload_bytes(value)
+
     def body(state, value, weight, key):
       out = call_next(inner_process, state, value, weight, key)
-      sent = payload.sum_at_clients(*((value, weight) if weighted
-                                      else (value,)))
+      sent = tff.federated_map(
+          bytes_of, (value, weight) if weighted else value)
       return tff.templates.MeasuredProcessOutput(
           state=out.state, result=out.result,
-          measurements=measurements({'bytes_up': sent},
+          measurements=measurements({'bytes_up': tff.federated_sum(sent)},
                                     inner_process, out.measurements))
 
     return tff.templates.AggregationProcess(
@@ -355,6 +364,15 @@ def encoded(codec: codec_settings.CodecSettings, seed: int,
     def decode(message):
       return decode_update(coder, identity, message)
 
+    if weighted:
+      @tff.tensorflow.computation(message_type, weight_type)
+      def bytes_of(message, weight):
+        return chain_lib.payload_bytes((message, weight))
+    else:
+      @tff.tensorflow.computation(message_type)
+      def bytes_of(message):
+        return chain_lib.payload_bytes(message)
+
     @tff.federated_computation()
     def init_fn():
       return tff.federated_zip(collections.OrderedDict(
@@ -364,8 +382,8 @@ def encoded(codec: codec_settings.CodecSettings, seed: int,
     def body(state, value, weight, key):
       round_at_clients = tff.federated_broadcast(state.round)
       message = tff.federated_map(encode, (value, round_at_clients))
-      sent = payload.sum_at_clients(*((message, weight) if weighted
-                                      else (message,)))
+      sent = tff.federated_sum(tff.federated_map(
+          bytes_of, (message, weight) if weighted else message))
       decoded = tff.federated_map(decode, message)
       out = call_next(inner_process, state.inner, decoded, weight, key)
       return tff.templates.MeasuredProcessOutput(

@@ -1,7 +1,8 @@
 """Server -> client distribution processes (the `model_weights_distributor`).
 
 Each distributor reports `bytes_down`: the bytes the clients received this
-round, summed over clients (`learning/payload.py`). Both plug into TFF's own
+round, summed over clients and computed on the clients from the received
+tensors. Both plug into TFF's own
 `tff.learning.algorithms.build_weighted_fed_avg(model_distributor=...)`.
 """
 
@@ -13,10 +14,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_compress.encoders import chain as chain_lib
 from tff_compress.encoders import settings as codec_settings
 from tff_compress.encoders import structure
 from tff_compress.learning import counters
-from tff_compress.learning import payload
 
 
 def build_plain_broadcast(
@@ -28,14 +29,19 @@ def build_plain_broadcast(
   def init_fn():
     return tff.federated_value((), tff.SERVER)
 
+  @tff.tensorflow.computation(model_weights_type)
+  def bytes_of(weights):
+    return chain_lib.payload_bytes(weights)
+
   @tff.federated_computation(
       init_fn.type_signature.result,
       tff.FederatedType(model_weights_type, tff.SERVER),
   )
   def next_fn(state, weights):
     client_weights = tff.federated_broadcast(weights)
-    measurements = tff.federated_zip(collections.OrderedDict(
-        bytes_down=payload.sum_at_clients(client_weights)))
+    received = tff.federated_map(bytes_of, client_weights)
+    measurements = tff.federated_zip(
+        collections.OrderedDict(bytes_down=tff.federated_sum(received)))
     return tff.templates.MeasuredProcessOutput(
         state=state, result=client_weights, measurements=measurements)
 
@@ -79,6 +85,10 @@ def build_encoded_broadcast(
   def decode(message):
     return coder.decode(message['payload'], message['seed'])
 
+  @tff.tensorflow.computation(message_type)
+  def bytes_of(message):
+    return chain_lib.payload_bytes(message)
+
   @tff.federated_computation(
       init_fn.type_signature.result,
       tff.FederatedType(model_weights_type, tff.SERVER))
@@ -86,7 +96,7 @@ def build_encoded_broadcast(
     message = tff.federated_map(encode, (weights, state))
     at_clients = tff.federated_broadcast(message)
     decoded = tff.federated_map(decode, at_clients)
-    received = payload.sum_at_clients(at_clients)
+    received = tff.federated_sum(tff.federated_map(bytes_of, at_clients))
     return tff.templates.MeasuredProcessOutput(
         state=counter.next_at_server(state),
         result=decoded,

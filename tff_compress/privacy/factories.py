@@ -38,11 +38,11 @@ import tensorflow_federated as tff
 import tensorflow_privacy as tfp
 
 from tff_compress.encoders import bounded
+from tff_compress.encoders import chain as chain_lib
 from tff_compress.encoders import settings as codec_settings
 from tff_compress.encoders import structure
 from tff_compress.learning import aggregators
 from tff_compress.learning import counters
-from tff_compress.learning import payload
 from tff_compress.privacy import secure
 from tff_compress.privacy import settings
 
@@ -191,6 +191,10 @@ class BoundedRecordSumFactory(tff.aggregators.UnweightedAggregationFactory):
         flat += tf.nest.flatten(message['extra'])
       return tf.nest.pack_sequence_as(template, flat)
 
+    @tff.tensorflow.computation(message_type)
+    def bytes_of(message):
+      return chain_lib.payload_bytes(message)
+
     @tff.federated_computation()
     def init_fn():
       return counter.initialize_at_server()
@@ -205,7 +209,8 @@ class BoundedRecordSumFactory(tff.aggregators.UnweightedAggregationFactory):
           state=counter.next_at_server(state),
           result=tff.federated_sum(decoded),
           measurements=tff.federated_zip(collections.OrderedDict(
-              bytes_up=payload.sum_at_clients(message),
+              bytes_up=tff.federated_sum(tff.federated_map(bytes_of,
+                                                           message)),
               bound_scale=tff.federated_mean(scale))))
 
     return tff.templates.AggregationProcess(init_fn, next_fn)
