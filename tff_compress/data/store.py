@@ -13,12 +13,19 @@ layout under ``runtime.worker_data_dir``)::
   client_data/<fingerprint>/
     manifest.json    format, fingerprint, shapes, client ids, sizes
     fingerprint      the fingerprint alone (read by the workers' check)
-    train.x          float32 little-endian rows ``[n_train, *input_shape]``,
-                     the clients' examples concatenated in client-id order
-    train.y          int32 labels ``[n_train]``
-    train.offsets    int64 ``[num_clients + 1]``: client ``i`` owns rows
-                     ``offsets[i]:offsets[i + 1]``
-    test.x, test.y   the test split, same encodings
+    train/<k>.x      shard k: float32 little-endian rows
+                     ``[rows, *input_shape]`` of whole clients, in client-id
+                     order, about :data:`SHARD_BYTES` each (a larger client
+                     alone)
+    train/<k>.y      int32 labels of the same rows
+    train.index      int64 ``[num_clients, 3]``: client ``i``'s shard and
+                     its rows ``[start, stop)`` in that shard
+    test.x, test.y   the test split, same encodings, one file
+
+Shards exist because reading a row range skips the bytes before it by
+reading them (`tf.data.FixedLengthRecordDataset`'s header): in one file of
+a 100,000-client store (2.4 GB) a client's read cost up to a second; in a
+shard it costs at most a shard's bytes.
 
 ``<fingerprint>`` is a SHA-256 prefix of the exact bytes (client ids, every
 client's arrays, the test split): a store is either the data the driver
@@ -50,12 +57,13 @@ import tensorflow_federated as tff
 
 from tff_compress.data import federated_data
 
-FORMAT = 1
+FORMAT = 2
+SHARD_BYTES = 1 << 20
 STORE_ROOT = 'client_data'
 DEFAULT_DATA_DIR = '~/.cache/tff_compress/worker'
 _X = np.dtype('<f4')
 _Y = np.dtype('<i4')
-_OFFSETS = np.dtype('<i8')
+_INDEX = np.dtype('<i8')
 
 
 class StoreError(federated_data.DataError):
@@ -122,6 +130,38 @@ def _store_of(manifest: dict, path: str) -> Store:
                len(manifest['client_ids']), manifest['num_test'], path)
 
 
+def _write_shards(data: federated_data.FederatedData,
+                  directory: str) -> np.ndarray:
+  """Writes the clients' rows as shards ``<directory>/<k>.x|y``.
+
+  Returns:
+    The index, int64 ``[num_clients, 3]``: (shard, start, stop) rows.
+  """
+  os.makedirs(directory)
+  index = np.zeros((len(data.client_ids), 3), _INDEX)
+  shard, rows, xs, ys = 0, 0, [], []
+
+  def flush():
+    with open(os.path.join(directory, f'{shard}.x'), 'wb') as f:
+      f.write(b''.join(xs))
+    with open(os.path.join(directory, f'{shard}.y'), 'wb') as f:
+      f.write(b''.join(ys))
+
+  for i, cid in enumerate(data.client_ids):
+    x, y = data.client_arrays(cid)
+    if rows and (rows + len(y)) * _X.itemsize * int(
+        np.prod(data.input_shape)) > SHARD_BYTES:
+      flush()
+      shard, rows, xs, ys = shard + 1, 0, [], []
+    xs.append(np.ascontiguousarray(x, _X).tobytes())
+    ys.append(np.ascontiguousarray(y, _Y).tobytes())
+    index[i] = shard, rows, rows + len(y)
+    rows += len(y)
+  if xs:
+    flush()
+  return index
+
+
 def prepare_store(data: federated_data.FederatedData, data_dir: str) -> Store:
   """Writes `data`'s store under `data_dir` unless it is already there.
 
@@ -146,16 +186,8 @@ def prepare_store(data: federated_data.FederatedData, data_dir: str) -> Store:
   os.makedirs(root, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f'.{fp}-', dir=root)
   try:
-    sizes = []
-    with open(os.path.join(tmp, 'train.x'), 'wb') as fx, \
-        open(os.path.join(tmp, 'train.y'), 'wb') as fy:
-      for cid in data.client_ids:
-        x, y = data.client_arrays(cid)
-        fx.write(np.ascontiguousarray(x, _X).tobytes())
-        fy.write(np.ascontiguousarray(y, _Y).tobytes())
-        sizes.append(len(y))
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(_OFFSETS)
-    offsets.tofile(os.path.join(tmp, 'train.offsets'))
+    index = _write_shards(data, os.path.join(tmp, 'train'))
+    index.tofile(os.path.join(tmp, 'train.index'))
     np.ascontiguousarray(data.test_x, _X).tofile(os.path.join(tmp, 'test.x'))
     np.ascontiguousarray(data.test_y, _Y).tofile(os.path.join(tmp, 'test.y'))
     manifest = {
@@ -165,7 +197,8 @@ def prepare_store(data: federated_data.FederatedData, data_dir: str) -> Store:
         'input_shape': list(data.input_shape),
         'num_classes': data.num_classes,
         'client_ids': list(data.client_ids),
-        'num_train': int(offsets[-1]),
+        'num_train': int((index[:, 2] - index[:, 1]).sum()),
+        'num_shards': int(index[-1, 0]) + 1 if len(index) else 0,
         'num_test': int(len(data.test_y)),
     }
     with open(os.path.join(tmp, 'manifest.json'), 'w') as f:
@@ -187,26 +220,34 @@ def prepare_store(data: federated_data.FederatedData, data_dir: str) -> Store:
 # TensorFlow side: runs inside the computations on the workers.
 
 
-def _read_rows(prefix: str, input_shape: Sequence[int], starts, stops):
-  """Rows ``[starts[i], stops[i])`` of ``<prefix>.x`` / ``<prefix>.y``,
-  concatenated in the order of the ranges (int64 vector tensors).
+def _read_rows(prefix, input_shape: Sequence[int], starts, stops):
+  """Rows ``[starts[i], stops[i])`` of ``<prefix[i]>.x`` / ``.y``,
+  concatenated in the order of the ranges.
 
-  Reads only those rows: the fixed-size records of each range are
-  addressed by skipping its start's bytes as a header.
+  Args:
+    prefix: string tensor ``[n]`` (or one string for all ranges): the files
+      of each range, without their ``.x`` / ``.y`` suffix.
+    input_shape: Shape of one row.
+    starts: int64 ``[n]``.
+    stops: int64 ``[n]``.
+
+  Reads only those rows of each file (after skipping the bytes before
+  them, see the store layout).
   """
   x_bytes = _X.itemsize * int(np.prod(input_shape))
   total = tf.reduce_sum(stops - starts)
+  prefix = tf.broadcast_to(prefix, tf.shape(starts))
 
-  def rows(path, record_bytes, dtype):
-    ds = tf.data.Dataset.from_tensor_slices((starts, stops)).flat_map(
-        lambda a, b: tf.data.FixedLengthRecordDataset(
-            path, record_bytes, header_bytes=a * record_bytes).take(b - a))
+  def rows(suffix, record_bytes, dtype):
+    ds = tf.data.Dataset.from_tensor_slices((prefix, starts, stops)).flat_map(
+        lambda p, a, b: tf.data.FixedLengthRecordDataset(
+            p + suffix, record_bytes, header_bytes=a * record_bytes).take(
+                b - a))
     return tf.io.decode_raw(
         ds.batch(tf.maximum(total, 1)).get_single_element(), dtype)
 
-  x = tf.reshape(rows(prefix + '.x', x_bytes, tf.float32),
-                 [-1, *input_shape])
-  y = tf.reshape(rows(prefix + '.y', _Y.itemsize, tf.int32), [-1])
+  x = tf.reshape(rows('.x', x_bytes, tf.float32), [-1, *input_shape])
+  y = tf.reshape(rows('.y', _Y.itemsize, tf.int32), [-1])
   return x, y
 
 
@@ -217,13 +258,15 @@ def client_rows(store: Store, clients):
     ``(x [sum n_g, ...], y [sum n_g], sizes int64 [G])``: client
     ``clients[0]``'s rows, then ``clients[1]``'s, ...
   """
-  offsets = tf.io.decode_raw(
-      tf.io.read_file(f'{store.relative_dir}/train.offsets'), tf.int64)
-  clients = tf.cast(clients, tf.int64)
-  starts = tf.gather(offsets, clients)
-  stops = tf.gather(offsets, clients + 1)
-  x, y = _read_rows(f'{store.relative_dir}/train', store.input_shape,
-                    starts, stops)
+  index = tf.reshape(tf.io.decode_raw(
+      tf.io.read_file(f'{store.relative_dir}/train.index'), tf.int64),
+                     [-1, 3])
+  shard, starts, stops = tf.unstack(
+      tf.gather(index, tf.cast(clients, tf.int64)), axis=1)
+  x, y = _read_rows(
+      tf.strings.join([f'{store.relative_dir}/train/',
+                       tf.strings.as_string(shard)]),
+      store.input_shape, starts, stops)
   return x, y, stops - starts
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import os
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -50,24 +51,44 @@ class StoreTest(absltest.TestCase):
     self.assertEqual(store.num_test, 23)
     self.assertEqual(store.path,
                      os.path.join(root, 'client_data', store.fingerprint))
-    offsets = np.fromfile(os.path.join(store.path, 'train.offsets'), '<i8')
-    np.testing.assert_array_equal(offsets, [0, 7, 8, 20, 25])
-    x = np.fromfile(os.path.join(store.path, 'train.x'), '<f4').reshape(
-        (-1,) + _SHAPE)
-    y = np.fromfile(os.path.join(store.path, 'train.y'), '<i4')
-    for i, cid in enumerate(data.client_ids):
-      cx, cy = data.client_arrays(cid)
-      np.testing.assert_array_equal(x[offsets[i]:offsets[i + 1]], cx)
-      np.testing.assert_array_equal(y[offsets[i]:offsets[i + 1]], cy)
+    index = np.fromfile(os.path.join(store.path, 'train.index'),
+                        '<i8').reshape(-1, 3)
+    # 12 small clients fit one shard.
+    np.testing.assert_array_equal(index, [[0, 0, 7], [0, 7, 8], [0, 8, 20],
+                                          [0, 20, 25]])
+    self._assert_shards_hold_the_clients(store, data, index)
     with open(os.path.join(store.path, 'fingerprint')) as f:
       self.assertEqual(f.read(), store.fingerprint)
     # Same data: same directory, not rewritten; no temporary leftovers.
-    mtime = os.stat(os.path.join(store.path, 'train.x')).st_mtime_ns
+    mtime = os.stat(os.path.join(store.path, 'train.index')).st_mtime_ns
     self.assertEqual(store_lib.prepare_store(_data(), root), store)
     self.assertEqual(
-        os.stat(os.path.join(store.path, 'train.x')).st_mtime_ns, mtime)
+        os.stat(os.path.join(store.path, 'train.index')).st_mtime_ns, mtime)
     self.assertEqual(os.listdir(os.path.join(root, 'client_data')),
                      [store.fingerprint])
+
+  def _assert_shards_hold_the_clients(self, store, data, index):
+    for i, cid in enumerate(data.client_ids):
+      shard, start, stop = index[i]
+      prefix = os.path.join(store.path, 'train', str(shard))
+      x = np.fromfile(prefix + '.x', '<f4').reshape((-1,) + _SHAPE)
+      y = np.fromfile(prefix + '.y', '<i4')
+      cx, cy = data.client_arrays(cid)
+      np.testing.assert_array_equal(x[start:stop], cx)
+      np.testing.assert_array_equal(y[start:stop], cy)
+
+  def test_shards_hold_whole_clients_up_to_the_shard_size(self):
+    # 48 bytes per row, shards of 480: clients (7, 1, 12, 5) -> shard 0
+    # holds 7 + 1 rows, the 12-row client is alone (larger than a shard).
+    data = _data()
+    with mock.patch.object(store_lib, 'SHARD_BYTES', 480):
+      store = store_lib.prepare_store(data, self.create_tempdir().full_path)
+    index = np.fromfile(os.path.join(store.path, 'train.index'),
+                        '<i8').reshape(-1, 3)
+    np.testing.assert_array_equal(index, [[0, 0, 7], [0, 7, 8], [1, 0, 12],
+                                          [2, 0, 5]])
+    self.assertLen(os.listdir(os.path.join(store.path, 'train')), 6)
+    self._assert_shards_hold_the_clients(store, data, index)
 
   def test_fingerprint_changes_with_any_byte(self):
     base = store_lib.fingerprint(_data())
@@ -101,7 +122,10 @@ class WorkerBuiltDatasetsTest(parameterized.TestCase):
     super().setUpClass()
     cls.data = _data()
     cls.root = absltest.get_default_test_tmpdir()
-    cls.store = store_lib.prepare_store(cls.data, cls.root)
+    # Small shards: a worker reads clients from several (clients 0 and 1
+    # share shard 0, 2 and 3 are alone).
+    with mock.patch.object(store_lib, 'SHARD_BYTES', 480):
+      cls.store = store_lib.prepare_store(cls.data, cls.root)
     # The computations name the store relative to the worker's working
     # directory; the managed local worker inherits ours.
     cls._cwd = os.getcwd()
