@@ -5,7 +5,9 @@ client's *descriptor* (`data.store.TrainDescriptor`: client index, shuffle
 seed) instead of its dataset; the learning and evaluation processes are
 composed with a TensorFlow computation that builds the client's dataset from
 the worker's client-data store (`data/store.py`), at CLIENTS, i.e. on the
-worker that runs the client.
+worker that runs the client. With cohort execution each TFF client is a
+cohort: its descriptor names G clients, and the worker stacks their rows
+into the cohort's steps (`cohort_training_next`).
 """
 
 from __future__ import annotations
