@@ -53,15 +53,6 @@ _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed rounds per mode.')
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed rounds per mode.')
 
 
-def _parse(value: str):
-  for cast in (int, float):
-    try:
-      return cast(value)
-    except ValueError:
-      pass
-  return value
-
-
 def _worker_peak_kib(parent: int) -> int:
   """Largest VmHWM (KiB) of the `worker_binary` children of `parent`."""
   peak = 0
@@ -99,6 +90,7 @@ def main(argv):
   from absl import logging
   import tensorflow_federated as tff
 
+  from benchmarks import workspace
   from tff_compress import config_lib
   from tff_compress.cohorts import data as cohort_data
   from tff_compress.data import federated_data
@@ -111,14 +103,7 @@ def main(argv):
   # pylint: enable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
 
-  path = _CONFIG.value
-  if not os.path.isabs(path):
-    path = os.path.join(os.environ.get('BUILD_WORKSPACE_DIRECTORY', '.'), path)
-  cfg = config_lib.load_config_file(path)
-  for item in _OVERRIDES.value:
-    key, _, value = item.partition('=')
-    section, _, leaf = key.rpartition('.')
-    (cfg[section] if section else cfg)[leaf] = _parse(value)
+  cfg = workspace.load_config(_CONFIG.value, _OVERRIDES.value)
   k = _CLIENTS.value
   cfg.clients_per_round = k
   cfg = config_lib.validate(cfg)

@@ -48,16 +48,13 @@ def main(argv):
   del argv
   # pylint: disable=g-import-not-at-top
   from absl import logging
+  from benchmarks import workspace
   from tff_compress import config_lib
   from tff_compress import simulate_lib
   from tff_compress.program import run_dir as run_dir_lib
   # pylint: enable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
 
-  base = os.environ.get('BUILD_WORKSPACE_DIRECTORY', '.')
-  path = _CONFIG.value
-  if not os.path.isabs(path):
-    path = os.path.join(base, path)
   out_dir = run_dir_lib.resolve_user_path(_OUT_DIR.value)
   defaults = config_lib.default_config().faults
 
@@ -72,7 +69,7 @@ def main(argv):
 
   table = []
   for seed in (int(s) for s in _SEEDS.value):
-    faulty = config_lib.load_config_file(path)
+    faulty = workspace.load_config(_CONFIG.value)
     faulty.seed, faulty.rounds, faulty.eval_every = seed, _ROUNDS.value, 1
     k = faulty.clients_per_round
     summary, rows = run(faulty, f'faults-s{seed}')
@@ -81,7 +78,7 @@ def main(argv):
     k_eq = max(1, round(useful / faulty.rounds))
     for label, clients in (('fault-free, equal updates', k_eq),
                            ('fault-free, nominal K', k)):
-      clean = config_lib.load_config_file(path)
+      clean = workspace.load_config(_CONFIG.value)
       clean.seed, clean.rounds, clean.eval_every = seed, _ROUNDS.value, 1
       clean.faults = defaults
       clean.clients_per_round = clients

@@ -61,6 +61,7 @@ def main(argv):
   from absl import logging
   import tensorflow_federated as tff
 
+  from benchmarks import workspace
   from tff_compress import config_lib
   from tff_compress.data import federated_data
   from tff_compress.data import registry as data_registry
@@ -72,10 +73,7 @@ def main(argv):
   # pylint: enable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
 
-  path = _CONFIG.value
-  if not os.path.isabs(path):
-    path = os.path.join(os.environ.get('BUILD_WORKSPACE_DIRECTORY', '.'), path)
-  cfg = config_lib.validate(config_lib.load_config_file(path))
+  cfg = config_lib.validate(workspace.load_config(_CONFIG.value))
   if cfg.server.optimizer != 'sgd' or cfg.client.momentum:
     raise app.UsageError('the TFF baseline here mirrors server.optimizer=sgd '
                          'and client.momentum=0 only')

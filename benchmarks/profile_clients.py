@@ -97,6 +97,7 @@ def main(argv):
   import tensorflow_federated as tff
   from tensorflow_federated.python.core.impl.executors import value_serialization  # pylint: disable=line-too-long
 
+  from benchmarks import workspace
   from tff_compress import config_lib
   from tff_compress.data import federated_data
   from tff_compress.data import registry as data_registry
@@ -111,10 +112,7 @@ def main(argv):
   # pylint: enable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
 
-  path = _CONFIG.value
-  if not os.path.isabs(path):
-    path = os.path.join(os.environ.get('BUILD_WORKSPACE_DIRECTORY', '.'), path)
-  cfg = config_lib.load_config_file(path)
+  cfg = workspace.load_config(_CONFIG.value)
   if _MODEL.value:
     cfg.model.name = _MODEL.value
   cfg = config_lib.validate(cfg)

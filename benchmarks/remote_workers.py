@@ -43,12 +43,6 @@ _BYTE_ROUNDS = flags.DEFINE_integer('byte_rounds', 3,
 _OUT = flags.DEFINE_string('out', '', 'Optional JSON file for the results.')
 
 
-def _workspace_path(path):
-  if os.path.isabs(path):
-    return path
-  return os.path.join(os.environ.get('BUILD_WORKSPACE_DIRECTORY', '.'), path)
-
-
 def _serialized_bytes(values, type_spec) -> int:
   # pylint: disable=g-import-not-at-top
   from tensorflow_federated.python.core.impl.executors import value_serialization
@@ -175,13 +169,13 @@ def measure_time(cfg, data_dir, workers, tmp):
   """Median round seconds: local context, 1 and 2 loopback workers."""
   # pylint: disable=g-import-not-at-top
   import io
+  from benchmarks import workspace
   from tff_compress import config_lib
   from tff_compress import simulate_lib
   # pylint: enable=g-import-not-at-top
   results = {}
   for name, k in (('local', 0), ('1_worker', 1), ('2_workers', 2)):
-    run_cfg = config_lib.validate(config_lib.load_config_file(
-        _workspace_path(_CONFIG.value)))
+    run_cfg = config_lib.validate(workspace.load_config(_CONFIG.value))
     run_cfg.rounds = _ROUNDS.value
     run_cfg.eval_every = _ROUNDS.value
     run_cfg.runtime.workers = ','.join(w.target for w in workers[:k])
@@ -204,12 +198,12 @@ def main(argv):
   del argv
   # pylint: disable=g-import-not-at-top
   from absl import logging
+  from benchmarks import workspace
   from tff_compress import config_lib
   from tff_compress.runtime import local as local_runtime
   # pylint: enable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
-  cfg = config_lib.validate(config_lib.load_config_file(
-      _workspace_path(_CONFIG.value)))
+  cfg = config_lib.validate(workspace.load_config(_CONFIG.value))
   tmp = tempfile.mkdtemp(prefix='remote_workers_')
   data_dir = os.path.join(tmp, 'worker_data')
   os.makedirs(data_dir)
@@ -231,7 +225,7 @@ def main(argv):
       w.stop()
   print(json.dumps(results, indent=1))
   if _OUT.value:
-    with open(_workspace_path(_OUT.value), 'w') as f:
+    with open(workspace.path(_OUT.value), 'w') as f:
       json.dump(results, f, indent=1)
 
 
